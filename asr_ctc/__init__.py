@@ -1,0 +1,3 @@
+"""asr-ctc: the CTC loss from first principles in PyTorch, and wav2vec2 fine-tuning around it."""
+
+__version__ = "0.1.0"
