@@ -1,0 +1,1 @@
+"""Data: speech synthesis, text grammar, audio loading, manifests and the synthetic corpus."""

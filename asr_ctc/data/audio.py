@@ -1,0 +1,72 @@
+"""Audio decoding and resampling: soundfile (libsndfile) to decode, soxr to resample, nothing else.
+
+torchaudio / torchcodec are deliberately not used: their decoders change between releases and pull in
+FFmpeg; libsndfile reads WAV, FLAC, OGG/Vorbis, Opus and (libsndfile >= 1.1) MP3, which covers our needs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+
+class AudioError(ValueError):
+    """An audio file is missing, empty, or cannot be decoded; the message names the path and the reason."""
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample with soxr (high quality).
+
+    Args:
+        audio: float array, shape (num_samples,) or (num_samples, num_channels).
+        orig_sr: sampling rate of ``audio`` in Hz.
+        target_sr: wanted sampling rate in Hz.
+
+    Returns:
+        float32 array, shape (round(num_samples * target_sr / orig_sr),) or with the channel axis kept.
+    """
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sampling rates must be positive, got {orig_sr} -> {target_sr}")
+    audio = np.asarray(audio, dtype=np.float32)
+    if orig_sr == target_sr:
+        return audio.copy()
+    if audio.shape[0] == 0:
+        return np.zeros((0, *audio.shape[1:]), dtype=np.float32)
+    return soxr.resample(audio, orig_sr, target_sr).astype(np.float32, copy=False)
+
+
+def load_audio(path: str | os.PathLike, sampling_rate: int | None = 16000) -> np.ndarray:
+    """Decode an audio file to mono float32 at ``sampling_rate``.
+
+    Multi-channel audio is averaged to mono. ``sampling_rate=None`` keeps the file's own rate.
+
+    Returns:
+        float32 array, shape (num_samples,), values nominally in [-1, 1].
+
+    Raises:
+        AudioError: the file is missing, is a directory, is empty (0 bytes or 0 samples), or is not audio
+            that libsndfile can decode. The message names the path and the reason.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: audio file not found")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: audio file is empty (0 bytes)")
+    try:
+        audio, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as exc:
+        # libsndfile's errors: unknown format, malformed or truncated header, unsupported encoding.
+        raise AudioError(f"{path}: cannot decode audio ({exc})") from exc
+    if audio.shape[0] == 0:
+        raise AudioError(f"{path}: audio file has no samples")
+    # Averaging (rather than taking the first channel) keeps speech recorded on either side.
+    mono = audio.mean(axis=1, dtype=np.float32) if audio.shape[1] > 1 else audio[:, 0]
+    if sampling_rate is None or sampling_rate == file_sr:
+        return np.ascontiguousarray(mono, dtype=np.float32)
+    return resample(mono, int(file_sr), int(sampling_rate))

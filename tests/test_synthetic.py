@@ -1,0 +1,154 @@
+"""eSpeak synthesis, the sentence grammar, and the synthetic corpus builder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr_ctc.data import grammar
+from asr_ctc.data.espeak import ESpeakError, ESpeakSynthesizer
+from asr_ctc.data.manifest import read_manifest
+from asr_ctc.data.synthetic import make_synthetic_corpus, plan_corpus
+
+SENTENCE = "play some jazz by miles on spotify"
+
+
+@pytest.fixture(scope="module")
+def synth():
+    with ESpeakSynthesizer() as synthesizer:
+        yield synthesizer
+
+
+def test_synthesis_has_plausible_duration_and_is_not_silent(synth):
+    audio = synth.synthesize(SENTENCE, voice="en-us+f3")
+    assert synth.sample_rate == 22050
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    seconds = len(audio) / synth.sample_rate
+    words = len(SENTENCE.split())
+    assert 0.3 * words < seconds < 1.0 * words, seconds
+    assert np.abs(audio).max() <= 1.0
+    assert np.sqrt(np.mean(audio**2)) > 0.02  # speech, not silence
+    # Speech fills the utterance: at most a short silence at either end.
+    voiced = np.flatnonzero(np.abs(audio) > 0.01)
+    assert voiced[0] / synth.sample_rate < 0.3 and (len(audio) - voiced[-1]) / synth.sample_rate < 0.3
+
+
+def test_rate_and_pitch_change_the_audio(synth):
+    slow = synth.synthesize(SENTENCE, rate=140)
+    fast = synth.synthesize(SENTENCE, rate=200)
+    assert len(slow) > 1.2 * len(fast)
+    low = synth.synthesize(SENTENCE, pitch=30)
+    high = synth.synthesize(SENTENCE, pitch=70)
+    assert len(low) != len(high) or not np.array_equal(low, high)
+
+
+def test_synthesis_does_not_depend_on_history(synth):
+    # eSpeak carries pitch-flutter and gain state across utterances; each call must start afresh.
+    first = synth.synthesize(SENTENCE, voice="en+m4", rate=160, pitch=40, seed=3)
+    synth.synthesize("something else entirely", voice="en-us+klatt4", rate=190, pitch=65)
+    with ESpeakSynthesizer() as other:
+        from_other = other.synthesize(SENTENCE, voice="en+m4", rate=160, pitch=40, seed=3)
+    again = synth.synthesize(SENTENCE, voice="en+m4", rate=160, pitch=40, seed=3)
+    assert np.array_equal(first, again)
+    assert np.array_equal(first, from_other)
+
+
+def test_unknown_voices_are_refused(synth):
+    with pytest.raises(ESpeakError, match="variant"):
+        synth.synthesize(SENTENCE, voice="en-us+nosuchvariant")  # eSpeak itself would silently ignore it
+    with pytest.raises(ESpeakError, match="language"):
+        synth.synthesize(SENTENCE, voice="xx-nowhere")
+    with pytest.raises(ValueError):
+        synth.synthesize(SENTENCE, rate=10)
+
+
+def test_grammar_sentences_are_distinct_clean_and_deterministic():
+    sentences = grammar.generate_sentences(2000, random.Random(7))
+    assert len(set(sentences)) == 2000
+    assert all(grammar.is_valid_sentence(s) for s in sentences)
+    assert sentences == grammar.generate_sentences(2000, random.Random(7))
+    assert sentences != grammar.generate_sentences(2000, random.Random(8))
+    assert 200 <= len(grammar.vocabulary()) <= 400
+    used = {word for s in sentences for word in s.split()}
+    assert used <= grammar.vocabulary()
+
+
+def test_split_sentences_are_disjoint_and_complete():
+    sentences = grammar.generate_sentences(500, random.Random(0))
+    splits = grammar.split_sentences(
+        sentences + sentences[:10], {"a": 0.8, "b": 0.05, "c": 0.15}, random.Random(1)
+    )
+    assert [len(v) for v in splits.values()] == [400, 25, 75]
+    assert sorted(sum(splits.values(), [])) == sorted(sentences)
+    with pytest.raises(ValueError):
+        grammar.split_sentences(sentences, {"a": 0.5, "b": 0.2}, random.Random(1))
+
+
+def test_plan_holds_out_test_voices_and_sentences():
+    plan = plan_corpus(300, seed=3)
+    by_split = {s: [u for u in plan.utterances if u.split == s] for s in ("train", "dev", "test")}
+    assert [len(v) for v in by_split.values()] == [255, 15, 30]
+    test_variants = {u.voice.partition("+")[2] for u in by_split["test"]}
+    seen_variants = {u.voice.partition("+")[2] for u in by_split["train"] + by_split["dev"]}
+    assert test_variants <= set(plan.test_variants) and len(plan.test_variants) == 3
+    assert not test_variants & seen_variants
+    train_texts = {u.text for u in by_split["train"]}
+    assert not train_texts & {u.text for u in by_split["test"] + by_split["dev"]}
+    assert all(140 <= u.rate <= 200 and 30 <= u.pitch <= 70 for u in plan.utterances)
+    assert plan == plan_corpus(300, seed=3)
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    """The same tiny corpus built twice: with 2 worker processes and in-process."""
+    a = tmp_path_factory.mktemp("corpus_a")
+    b = tmp_path_factory.mktemp("corpus_b")
+    summary_a = make_synthetic_corpus(a, num_utterances=40, seed=11, num_workers=2, progress=False)
+    summary_b = make_synthetic_corpus(b, num_utterances=40, seed=11, num_workers=1, progress=False)
+    return a, b, summary_a, summary_b
+
+
+def test_tiny_corpus_manifests_point_to_16k_mono_wavs(corpora):
+    out_dir, _, summary, _ = corpora
+    rows = {split: read_manifest(out_dir / f"{split}.tsv") for split in ("train", "dev", "test")}
+    assert {k: len(v) for k, v in rows.items()} == {"train": 34, "dev": 2, "test": 4}
+    for split_rows in rows.values():
+        for row in split_rows:
+            info = sf.info(row["audio"])
+            assert Path(row["audio"]).parent == out_dir / "wavs"
+            assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+            assert 0.5 < info.duration < 10.0
+            assert grammar.is_valid_sentence(row["text"]) and row["voice"]
+    assert not set(r["voice"] for r in rows["test"]) & set(r["voice"] for r in rows["train"] + rows["dev"])
+    assert not set(r["text"] for r in rows["test"]) & set(r["text"] for r in rows["train"])
+    assert json.loads((out_dir / "corpus.json").read_text()) == summary
+    assert summary["total"]["utterances"] == 40 and 0.005 < summary["total"]["hours"] < 0.1
+    assert set(summary["splits"]["test"]["variants"]) <= set(summary["test_variants"])
+
+
+def test_corpus_is_identical_for_a_seed_whatever_the_workers(corpora):
+    a, b, summary_a, summary_b = corpora
+    assert summary_a == summary_b
+    for name in ("train.tsv", "dev.tsv", "test.tsv", "corpus.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    wavs_a = sorted(p.name for p in (a / "wavs").iterdir())
+    assert wavs_a == sorted(p.name for p in (b / "wavs").iterdir()) and len(wavs_a) == 40
+    for name in wavs_a:
+        assert (a / "wavs" / name).read_bytes() == (b / "wavs" / name).read_bytes(), name
+
+
+def test_existing_corpus_is_reused(corpora, caplog):
+    out_dir, _, summary, _ = corpora
+    wav = out_dir / "wavs" / "train-000000.wav"
+    before = wav.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="asr_ctc.data.synthetic"):
+        again = make_synthetic_corpus(out_dir, num_utterances=40, seed=11, num_workers=2, progress=False)
+    assert again == summary
+    assert wav.stat().st_mtime_ns == before
+    assert "reusing" in caplog.text
