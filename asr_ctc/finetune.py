@@ -1,0 +1,179 @@
+"""The fine-tuning job: config -> data -> vocabulary -> model -> ``CTCTrainer`` -> checkpoint and report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from transformers import EvalPrediction, TrainingArguments, Wav2Vec2Processor, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import ConfigError, ExperimentConfig, to_dict
+from .data.collator import IGNORE_INDEX, CTCDataCollator
+from .data.dataset import load_rows, prepare_split
+from .data.text import normalize_text
+from .data.vocab import build_processor, build_vocab
+from .decode import collapse, wer_cer
+from .io import atomic_write_text
+from .modeling import build_model
+from .plots import plot_training_curves
+from .trainer import CTCTrainer
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.yaml"
+
+# TrainingArguments defaults that differ from transformers' for this project: no hub or wandb reporting
+# (offline), and the eval loop keeps our greedy ids instead of logits.
+_TRAINING_DEFAULTS: dict[str, Any] = {"report_to": "none"}
+
+
+class OutputDirError(ValueError):
+    """The output directory already holds a different run (or any run, without --resume/--overwrite)."""
+
+
+@dataclass
+class FinetuneResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+
+
+def check_output_dir(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> str | None:
+    """Refuse to mix runs in one directory; return the checkpoint to resume from, if any.
+
+    A directory with a saved run config is "a run": resuming needs the same config (apart from the
+    training length, which a resumed run may extend); starting over needs ``overwrite``.
+    """
+    out = Path(cfg.output_dir)
+    saved = out / RUN_CONFIG
+    if resume and overwrite:
+        raise OutputDirError("--resume and --overwrite: choose one")
+    if not saved.exists():
+        if resume:
+            raise OutputDirError(f"--resume: {out} holds no run to resume (no {RUN_CONFIG})")
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise OutputDirError(
+                f"output_dir {out} is not empty and holds no asr-ctc run; "
+                "choose another directory or pass --overwrite"
+            )
+        return None
+    if overwrite:
+        shutil.rmtree(out)
+        return None
+    if not resume:
+        raise OutputDirError(
+            f"output_dir {out} already holds a run; pass --resume to continue it or --overwrite to start over"
+        )
+    old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    new = to_dict(cfg)
+    for tree in (old, new):
+        for key in ("max_steps", "num_train_epochs"):
+            tree.get("training", {}).pop(key, None)
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise OutputDirError(
+            f"--resume: output_dir {out} holds a run with a different config "
+            f"(differs in: {', '.join(diff)}); use another output_dir or --overwrite"
+        )
+    last = get_last_checkpoint(str(out))
+    if last is None:
+        raise OutputDirError(f"--resume: {out} has no checkpoint-* directory yet")
+    return last
+
+
+def _processor_for(cfg: ExperimentConfig, train_texts: list[str]) -> Wav2Vec2Processor:
+    """A checkpoint that ships a tokenizer keeps it (so its CTC head stays meaningful); otherwise the
+    vocabulary is built from the training transcripts."""
+    src = cfg.model.name_or_path
+    if src and Path(src, "vocab.json").is_file():
+        return Wav2Vec2Processor.from_pretrained(src)
+    with tempfile.TemporaryDirectory() as tmp:  # the tokenizer reads its vocab file once, at construction
+        return build_processor(build_vocab(train_texts), tmp, cfg.data.sampling_rate)
+
+
+def make_compute_metrics(processor: Wav2Vec2Processor):
+    """WER/CER of greedy predictions whose padding frames were set to -100 by ``prediction_step``."""
+    tokenizer = processor.tokenizer
+    blank = tokenizer.pad_token_id
+
+    def compute_metrics(pred: EvalPrediction) -> dict[str, float]:
+        hyps, refs = [], []
+        for frame_ids, label_ids in zip(pred.predictions, pred.label_ids, strict=True):
+            frame_ids = [int(i) for i in np.asarray(frame_ids) if i != IGNORE_INDEX]
+            hyps.append(tokenizer.decode(collapse(frame_ids, blank), group_tokens=False))
+            # Targets are not collapsed: "ll" in a reference is two letters.
+            refs.append(
+                tokenizer.decode([int(i) for i in label_ids if i != IGNORE_INDEX], group_tokens=False)
+            )
+        wer, cer = wer_cer(refs, hyps)
+        return {"wer": wer, "cer": cer}
+
+    return compute_metrics
+
+
+def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> FinetuneResult:
+    """Fine-tune as ``cfg`` says; returns the output directory and the final metrics."""
+    resume_from = check_output_dir(cfg, resume, overwrite)
+    out = Path(cfg.output_dir)
+    training = {**_TRAINING_DEFAULTS, **cfg.training}
+    try:
+        args = TrainingArguments(output_dir=str(out), **training)
+    except (TypeError, ValueError) as exc:  # transformers' own consistency checks on the values
+        raise ConfigError(f"training: {exc}") from exc
+    set_seed(args.seed)
+
+    train_rows = load_rows(cfg.data.train, cfg.data, cfg.resolve)
+    texts = [
+        normalize_text(str(r.get("text") or ""), cfg.data.lowercase, cfg.data.chars_to_drop)
+        for r in train_rows
+    ]
+    processor = _processor_for(cfg, [t for t in texts if t])
+    tokenizer = processor.tokenizer
+    model = build_model(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    frames = model._get_feat_extract_output_lengths
+
+    train_ds, report = prepare_split(train_rows, processor, cfg.data, "train", frames)
+    logger.warning(report.summary())
+    eval_ds = None
+    if cfg.data.eval is not None:
+        eval_rows = load_rows(cfg.data.eval, cfg.data, cfg.resolve)
+        eval_ds, eval_report = prepare_split(eval_rows, processor, cfg.data, "eval", frames)
+        logger.warning(eval_report.summary())
+
+    trainer = CTCTrainer(
+        model=model,
+        args=args,
+        data_collator=CTCDataCollator(processor),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(processor) if eval_ds is not None else None,
+        ctc_impl=cfg.loss.impl,
+        ctc_reduction=cfg.loss.reduction,
+        ctc_zero_infinity=cfg.loss.zero_infinity,
+    )
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(out))
+        atomic_write_text(out / RUN_CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    train_out = trainer.train(resume_from_checkpoint=resume_from)
+    metrics: dict[str, Any] = dict(train_out.metrics)
+    if eval_ds is not None:
+        metrics.update(trainer.evaluate())
+    trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        metrics["data"] = {"train": report.summary()}
+        atomic_write_text(out / "train_metrics.json", json.dumps(metrics, indent=2, default=float))
+        atomic_write_text(out / "log_history.json", json.dumps(trainer.state.log_history, indent=1))
+        plot_training_curves(
+            trainer.state.log_history,
+            out / "training_curves.png",
+            title=f"{out.name}: loss.impl={cfg.loss.impl}",
+        )
+    return FinetuneResult(out, metrics)

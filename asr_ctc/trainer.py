@@ -1,0 +1,249 @@
+"""``CTCTrainer``: the HuggingFace ``Trainer`` with a swappable CTC loss.
+
+The loss is computed here, from the logits, instead of inside the model, so one config key
+(``loss.impl``) chooses between this project's loss (``custom``), ``torch.nn.functional.ctc_loss``
+(``torch``), the model's own (``builtin``) and the slow reference port (``reference``), all fed the same
+frame lengths, targets and blank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer
+
+from . import seq_loss_util
+from .config import LOSS_IMPLS, LOSS_REDUCTIONS
+from .ctc import ctc_loss as custom_ctc_loss
+from .ctc_states import interleave_blanks
+from .data.collator import IGNORE_INDEX
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training batch gave an infinite or NaN loss; raised before the optimiser can apply it."""
+
+
+def _reference_ctc_loss(
+    log_probs: torch.Tensor,
+    targets: torch.Tensor,
+    input_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    blank: int,
+    zero_infinity: bool,
+) -> torch.Tensor:
+    """Per-utterance loss from the reference-parity port, with the F.ctc_loss calling convention.
+
+    The port takes blank-augmented labels and (B, T, C) logits; log-probabilities are valid logits (softmax
+    of log_softmax is the identity), and ``exact=True`` makes its value the true negative log-likelihood.
+    """
+    extended, ext_lengths = interleave_blanks(targets.clamp_min(0), target_lengths, blank)
+    loss = seq_loss_util.ctc_loss(extended, ext_lengths, log_probs.transpose(0, 1), input_lengths, exact=True)
+    if zero_infinity:
+        loss = torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss))
+    return loss
+
+
+class CTCTrainer(Trainer):
+    """A ``transformers.Trainer`` whose ``compute_loss`` is a configurable CTC loss.
+
+    Args:
+        ctc_impl: ``custom`` | ``torch`` | ``builtin`` | ``reference`` (see :mod:`asr_ctc.config`).
+        ctc_reduction: ``mean`` (F.ctc_loss's: each utterance's loss over its target length, averaged),
+            ``sum``, or ``token_mean`` (sum over the number of target tokens in the optimiser step).
+        ctc_zero_infinity: zero the loss and gradient of utterances with no valid alignment.
+        *args, **kwargs: as for ``transformers.Trainer`` (pass the processor as ``processing_class``).
+
+    Every reduction is normalised per optimiser step, so gradient accumulation and several processes
+    give the same update as one big batch: ``mean`` is a per-batch mean that the Trainer divides by the
+    accumulation steps (exact for equal-sized micro-batches); ``sum`` and ``token_mean`` are already
+    totals over the step (``token_mean`` divides by ``num_items_in_batch``, which the Trainer counts over all
+    accumulated micro-batches and, with ``average_tokens_across_devices``, all processes) and are multiplied
+    by the number of processes to undo DDP's gradient averaging.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        ctc_impl: str = "custom",
+        ctc_reduction: str = "mean",
+        ctc_zero_infinity: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if ctc_impl not in LOSS_IMPLS:
+            raise ValueError(f"ctc_impl: expected one of {', '.join(LOSS_IMPLS)}, got {ctc_impl!r}")
+        if ctc_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(
+                f"ctc_reduction: expected one of {', '.join(LOSS_REDUCTIONS)}, got {ctc_reduction!r}"
+            )
+        if ctc_impl == "builtin" and ctc_reduction == "token_mean":
+            raise ValueError("ctc_reduction: token_mean is not available with ctc_impl='builtin'")
+        super().__init__(*args, **kwargs)
+        self.ctc_impl = ctc_impl
+        self.ctc_reduction = ctc_reduction
+        self.ctc_zero_infinity = ctc_zero_infinity
+        # The Trainer counts target tokens over the accumulated micro-batches (num_items_in_batch) only for
+        # models that "accept loss kwargs"; token_mean needs that count whatever the model.
+        self.model_accepts_loss_kwargs = True
+        # A per-batch mean still has to be divided by the accumulation steps; sums over the step do not.
+        self.loss_is_scaled_for_ga = ctc_reduction != "mean"
+        if ctc_impl == "builtin":
+            config = self.accelerator.unwrap_model(self.model).config
+            config.ctc_loss_reduction = ctc_reduction
+            config.ctc_zero_infinity = ctc_zero_infinity
+
+    # -- pieces of the loss ---------------------------------------------------------------------------
+
+    def blank_id(self, model: nn.Module) -> int:
+        """The CTC blank: the tokenizer's pad id (as the model's builtin loss uses)."""
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
+            return int(tokenizer.pad_token_id)
+        return int(self.accelerator.unwrap_model(model).config.pad_token_id)
+
+    def frame_lengths(self, model: nn.Module, inputs: dict[str, Any], num_frames: int) -> torch.Tensor:
+        """(B,) int64 output frames per utterance, from the attention mask through the conv-stack formula."""
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            batch = inputs["input_values"].shape[0]
+            return torch.full((batch,), num_frames, dtype=torch.long, device=inputs["input_values"].device)
+        unwrapped = self.accelerator.unwrap_model(model)
+        return unwrapped._get_feat_extract_output_lengths(mask.sum(-1)).to(torch.long)
+
+    def per_utterance_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, frame_lengths: torch.Tensor, blank: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) per-utterance CTC losses of ``logits`` (B, T, C) and their (B,) target lengths."""
+        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
+        label_mask = labels != IGNORE_INDEX
+        target_lengths = label_mask.sum(-1)
+        # Padded targets with the padding set to blank: every implementation ignores entries past a length.
+        targets = torch.where(label_mask, labels, torch.full_like(labels, blank))
+        if self.ctc_impl == "custom":
+            loss = custom_ctc_loss(
+                log_probs,
+                targets,
+                frame_lengths,
+                target_lengths,
+                blank=blank,
+                reduction="none",
+                zero_infinity=self.ctc_zero_infinity,
+            )
+        elif self.ctc_impl == "torch":
+            loss = F.ctc_loss(
+                log_probs,
+                targets,
+                frame_lengths,
+                target_lengths,
+                blank=blank,
+                reduction="none",
+                zero_infinity=self.ctc_zero_infinity,
+            )
+        else:
+            loss = _reference_ctc_loss(
+                log_probs, targets, frame_lengths, target_lengths, blank, self.ctc_zero_infinity
+            )
+        return loss, target_lengths
+
+    def reduce(
+        self, loss: torch.Tensor, target_lengths: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+    ) -> torch.Tensor:
+        """Reduce (B,) per-utterance losses as configured (see the class docstring)."""
+        if self.ctc_reduction == "mean":
+            return (loss / target_lengths.clamp_min(1).to(loss.dtype)).mean()
+        total = loss.sum()
+        if self.ctc_reduction == "token_mean":
+            if num_items_in_batch is None:
+                num_items_in_batch = target_lengths.sum()
+            total = total / num_items_in_batch
+        return total * self._process_scale()
+
+    def _process_scale(self) -> int:
+        world = self.accelerator.num_processes
+        if world <= 1 or not self.model.training:
+            return 1
+        if self.ctc_reduction == "token_mean" and not self.args.average_tokens_across_devices:
+            return 1  # the count is per process then, so each process's loss is already a mean
+        return world
+
+    # -- Trainer hooks ----------------------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # An example's "id" is not a model argument, but the collator turns it into utterance_ids, which
+        # compute_loss reads (and drops) to name a bad batch: keep the unused-column filter off it.
+        super()._set_signature_columns_if_needed()
+        if "id" not in self._signature_columns:
+            self._signature_columns.append("id")
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        utterance_ids = inputs.pop("utterance_ids", None)
+        blank = self.blank_id(model)
+        if self.ctc_impl == "builtin":
+            outputs = model(**inputs, labels=labels)
+            loss = outputs.loss
+            per_utt = None
+            if self.ctc_reduction == "sum":
+                loss = loss * self._process_scale()
+        else:
+            outputs = model(**inputs)
+            lengths = self.frame_lengths(model, inputs, outputs.logits.shape[1])
+            per_utt, target_lengths = self.per_utterance_loss(outputs.logits, labels, lengths, blank)
+            loss = self.reduce(per_utt, target_lengths, num_items_in_batch)
+        if model.training and not torch.isfinite(loss):
+            self._raise_non_finite(loss, per_utt, outputs.logits, utterance_ids)
+        return (loss, outputs) if return_outputs else loss
+
+    def _raise_non_finite(
+        self,
+        loss: torch.Tensor,
+        per_utt: torch.Tensor | None,
+        logits: torch.Tensor,
+        utterance_ids: list[str] | None,
+    ) -> None:
+        """Name the step and the utterances, and stop before the optimiser applies a NaN/inf gradient."""
+        bad_logits = (~torch.isfinite(logits)).flatten(1).any(1)
+        bad = bad_logits if per_utt is None else bad_logits | ~torch.isfinite(per_utt)
+        idx = bad.nonzero().flatten().tolist()
+        names = [utterance_ids[i] for i in idx] if utterance_ids else [f"batch element {i}" for i in idx]
+        if bad_logits.any():
+            cause = "the model produced NaN/inf logits (diverged? try a lower learning rate, or fp32)"
+        else:
+            cause = (
+                "no valid CTC alignment (a transcript needs more frames than the audio gives); "
+                "set loss.zero_infinity=true or filter the data"
+            )
+        raise NonFiniteLossError(
+            f"non-finite training loss {loss.item()} at step {self.state.global_step + 1} "
+            f"(epoch {self.state.epoch or 0:.2f}); offending utterances: {', '.join(names) or 'unknown'}; "
+            f"cause: {cause}. The optimiser step was not taken; the last checkpoint is intact."
+        )
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Loss, and greedy frame ids with the padding frames set to -100 so they are never decoded."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        logits = outputs.logits
+        lengths = self.frame_lengths(model, inputs, logits.shape[1])
+        pred = logits.argmax(dim=-1)
+        frames = torch.arange(pred.shape[1], device=pred.device)
+        pred = pred.masked_fill(frames.unsqueeze(0) >= lengths.unsqueeze(1), IGNORE_INDEX)
+        return loss.detach(), pred, inputs["labels"]
