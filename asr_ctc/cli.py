@@ -43,12 +43,13 @@ def finetune_main(argv: list[str] | None = None) -> int:
     _setup_logging()
     from .config import load_config
     from .data.dataset import EmptyDatasetError
+    from .data.manifest import ManifestError
     from .finetune import OutputDirError, run_finetune
 
     try:
         cfg = load_config(args.config, args.overrides)
         result = run_finetune(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, OutputDirError, EmptyDatasetError) as exc:
+    except (ConfigError, OutputDirError, EmptyDatasetError, ManifestError) as exc:
         return _fail(exc)
     m = result.metrics
     line = f"finished: {result.output_dir}"

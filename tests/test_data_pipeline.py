@@ -1,0 +1,132 @@
+"""Bad input end to end: messy manifests, audio formats, transcripts, output directories."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from asr_ctc.cli import finetune_main
+from asr_ctc.config import DataConfig, SourceConfig, config_from_dict, to_dict
+from asr_ctc.data.dataset import EmptyDatasetError, load_rows, prepare_split
+from asr_ctc.finetune import RUN_CONFIG, OutputDirError, check_output_dir
+
+
+def _tone(seconds: float, sr: int, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    x = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def _frames(samples: torch.Tensor) -> torch.Tensor:
+    return samples // 160  # 100 frames per second, like the tiny test model
+
+
+@pytest.fixture
+def messy_manifest(tmp_path):
+    d = tmp_path / "messy"
+    (d / "wav").mkdir(parents=True)
+    sf.write(d / "wav/good.wav", _tone(1.0, 16000), 16000)
+    sf.write(d / "wav/stereo44k.wav", _tone(1.0, 44100, channels=2), 44100)
+    sf.write(d / "wav/mono8k.wav", _tone(0.5, 8000), 8000)
+    sf.write(d / "wav/short.wav", _tone(0.3, 16000), 16000)
+    sf.write(d / "wav/punct.wav", _tone(1.0, 16000), 16000)
+    (d / "wav/empty.wav").write_bytes(b"")
+    (d / "wav/corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10)
+    (d / "wav/notes.txt").write_text("this is not audio\n" * 20)
+    rows = [
+        ("good", "wav/good.wav", "Play Jazz"),
+        ("stereo", "wav/stereo44k.wav", "stop the music"),
+        ("narrowband", "wav/mono8k.wav", "next"),
+        ("missing", "wav/nope.wav", "hello"),
+        ("empty", "wav/empty.wav", "hello"),
+        ("corrupt", "wav/corrupt.wav", "hello"),
+        ("notaudio", "wav/notes.txt", "hello"),
+        ("punct_only", "wav/punct.wav", "?! ..."),
+        ("too_long", "wav/short.wav", "play every single song by every artist you can find now please"),
+    ]
+    lines = ["id\taudio\ttext"] + ["\t".join(r) for r in rows]
+    (d / "train.tsv").write_text("\n".join(lines) + "\n")
+    return d / "train.tsv"
+
+
+def test_bad_rows_are_skipped_with_one_summary_line(messy_manifest, tiny_processor):
+    data_cfg = DataConfig(train=SourceConfig(manifest=str(messy_manifest)), min_duration_s=0.1)
+    rows = load_rows(data_cfg.train, data_cfg, lambda p: p)
+    ds, report = prepare_split(rows, tiny_processor, data_cfg, "train", frame_counter=_frames)
+    assert ds.ids == ["good", "stereo", "narrowband"]
+    # Resampled and mixed down, not rejected: 1 s at 44.1 kHz stereo -> 16000 mono samples; 0.5 s at 8 kHz -> 8000.
+    assert [len(x) for x in ds.input_values] == [16000, 16000, 8000]
+    assert ds.texts[0] == "play jazz"  # lowercased
+    assert report.total == 9 and report.kept == 3
+    assert sorted(len(v) for v in report.dropped.values()) == [1, 1, 4]
+    line = report.summary()
+    assert line.startswith("train: kept 3 of 9 utterances")
+    assert "dropped 4 (unreadable audio: missing" in line and ", ..." in line  # first few named, not all
+    assert "dropped 1 (empty transcript: punct_only)" in line
+    assert "dropped 1 (transcript longer than the model's output frames: too_long)" in line
+    unreadable = report.dropped["unreadable audio"]
+    assert any("nope.wav: audio file not found" in s for s in unreadable)
+    assert any("empty.wav" in s and "empty" in s for s in unreadable)
+
+
+def test_unknown_characters_at_inference_are_counted_and_reported(tmp_path, tiny_processor):
+    sf.write(tmp_path / "a.wav", _tone(1.0, 16000), 16000)
+    (tmp_path / "test.tsv").write_text("id\taudio\ttext\nx\ta.wav\tplay café jazz\n")
+    data_cfg = DataConfig(train=SourceConfig(manifest=str(tmp_path / "test.tsv")))
+    rows = load_rows(data_cfg.train, data_cfg, lambda p: p)
+    ds, report = prepare_split(rows, tiny_processor, data_cfg, "test", for_training=False)
+    unk = tiny_processor.tokenizer.unk_token_id
+    assert report.unknown_chars == {"f": 1, "é": 1}  # "c" is in the vocabulary (music)
+    assert ds.labels[0].count(unk) == 2
+    assert "characters outside the vocabulary mapped to <unk>" in report.summary()
+
+
+def test_a_split_with_no_usable_rows_is_an_error(tmp_path, tiny_processor):
+    (tmp_path / "bad.tsv").write_text("id\taudio\ttext\na\tmissing.wav\thello\n")
+    data_cfg = DataConfig(train=SourceConfig(manifest=str(tmp_path / "bad.tsv")))
+    rows = load_rows(data_cfg.train, data_cfg, lambda p: p)
+    with pytest.raises(EmptyDatasetError, match=r"data split 'train' is empty after filtering.*missing.wav"):
+        prepare_split(rows, tiny_processor, data_cfg, "train")
+
+
+def test_finetune_cli_reports_an_empty_dataset_cleanly(tmp_path, capsys):
+    (tmp_path / "bad.tsv").write_text("id\taudio\ttext\na\tmissing.wav\thello\n")
+    cfg = {"output_dir": str(tmp_path / "out"), "data": {"train": {"manifest": str(tmp_path / "bad.tsv")}},
+           "training": {"use_cpu": True, "max_steps": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert finetune_main(["--config", str(tmp_path / "c.yaml")]) == 2
+    assert "error: data split 'train' is empty" in capsys.readouterr().err
+
+
+def test_output_dir_guards(tmp_path):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("id\taudio\ttext\n")
+    raw = {"output_dir": str(tmp_path / "run"), "data": {"train": {"manifest": str(manifest)}},
+           "training": {"max_steps": 10}}
+    cfg = config_from_dict(raw)
+    assert check_output_dir(cfg, resume=False, overwrite=False) is None  # nothing there yet
+    with pytest.raises(OutputDirError, match="--resume: .* holds no run"):
+        check_output_dir(cfg, resume=True, overwrite=False)
+
+    run = tmp_path / "run"
+    (run / "checkpoint-5").mkdir(parents=True)
+    (run / RUN_CONFIG).write_text(yaml.safe_dump(to_dict(cfg)))
+    with pytest.raises(OutputDirError, match="already holds a run; pass --resume .* or --overwrite"):
+        check_output_dir(cfg, resume=False, overwrite=False)
+    # Resuming the same run (a longer one is fine) finds the latest checkpoint.
+    longer = config_from_dict({**raw, "training": {"max_steps": 20}})
+    assert check_output_dir(longer, resume=True, overwrite=False).endswith("checkpoint-5")
+    other = config_from_dict({**raw, "loss": {"impl": "torch"}})
+    with pytest.raises(OutputDirError, match="different config .*differs in: loss"):
+        check_output_dir(other, resume=True, overwrite=False)
+    assert check_output_dir(other, resume=False, overwrite=True) is None
+    assert not run.exists()
+
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="not empty and holds no asr-ctc run"):
+        check_output_dir(config_from_dict({**raw, "output_dir": str(stranger)}), resume=False, overwrite=False)
