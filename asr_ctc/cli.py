@@ -51,6 +51,8 @@ def finetune_main(argv: list[str] | None = None) -> int:
         result = run_finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, OutputDirError, EmptyDatasetError, ManifestError) as exc:
         return _fail(exc)
+    if not result.is_main_process:
+        return 0
     m = result.metrics
     line = f"finished: {result.output_dir}"
     if "eval_wer" in m:

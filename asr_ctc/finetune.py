@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import yaml
 from transformers import EvalPrediction, TrainingArguments, Wav2Vec2Processor, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .config import ConfigError, ExperimentConfig, to_dict
 from .data.collator import IGNORE_INDEX, CTCDataCollator
@@ -43,6 +42,7 @@ class OutputDirError(ValueError):
 class FinetuneResult:
     output_dir: Path
     metrics: dict[str, Any]
+    is_main_process: bool = True
 
 
 def check_output_dir(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> str | None:
@@ -82,10 +82,31 @@ def check_output_dir(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> st
             f"--resume: output_dir {out} holds a run with a different config "
             f"(differs in: {', '.join(diff)}); use another output_dir or --overwrite"
         )
-    last = get_last_checkpoint(str(out))
+    last = latest_complete_checkpoint(out)
     if last is None:
-        raise OutputDirError(f"--resume: {out} has no checkpoint-* directory yet")
+        raise OutputDirError(f"--resume: {out} has no complete checkpoint-* directory yet")
     return last
+
+
+def latest_complete_checkpoint(out: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was fully written.
+
+    The Trainer writes a checkpoint in place, trainer_state.json last; a process killed while saving leaves
+    a directory without it (or with a truncated one), which must not be resumed from.
+    """
+    steps = []
+    for path in out.glob("checkpoint-*"):
+        suffix = path.name.split("-", 1)[1]
+        if path.is_dir() and suffix.isdigit():
+            steps.append((int(suffix), path))
+    for _, path in sorted(steps, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning("skipping incomplete checkpoint %s", path)
+            continue
+        return str(path)
+    return None
 
 
 def _processor_for(cfg: ExperimentConfig, train_texts: list[str]) -> Wav2Vec2Processor:
@@ -176,4 +197,4 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
             out / "training_curves.png",
             title=f"{out.name}: loss.impl={cfg.loss.impl}",
         )
-    return FinetuneResult(out, metrics)
+    return FinetuneResult(out, metrics, trainer.is_world_process_zero())

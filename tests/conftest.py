@@ -58,3 +58,47 @@ def random_dataset(processor, n: int, seed: int = 0) -> SpeechDataset:
         audio.append(rng.standard_normal(samples).astype(np.float32))
         labels.append(processor.tokenizer(text).input_ids)
     return SpeechDataset(ids, texts, audio, labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A 48-utterance eSpeak corpus (train/dev/test manifests), synthesized once per test session."""
+    from asr_ctc.data.synthetic import make_synthetic_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    make_synthetic_corpus(
+        out, num_utterances=48, seed=1, dev_fraction=0.15, test_fraction=0.15, num_workers=1, progress=False
+    )
+    return out
+
+
+def tiny_run_config(corpus, output_dir, **training) -> dict:
+    """A raw config (as YAML would give) for a few-second fine-tuning run of the tiny model on ``corpus``."""
+    import dataclasses
+
+    model = dataclasses.asdict(tiny_model_config())
+    return {
+        "output_dir": str(output_dir),
+        "model": model,
+        "data": {
+            "train": {"manifest": str(corpus / "train.tsv")},
+            "eval": {"manifest": str(corpus / "dev.tsv")},
+            "test": {"manifest": str(corpus / "test.tsv")},
+        },
+        "loss": {"impl": "custom"},
+        "training": {
+            "use_cpu": True,
+            "seed": 0,
+            "per_device_train_batch_size": 8,
+            "per_device_eval_batch_size": 8,
+            "learning_rate": 3e-3,
+            "max_steps": 20,
+            "logging_steps": 1,
+            "eval_strategy": "steps",
+            "eval_steps": 10,
+            "save_steps": 10,
+            "disable_tqdm": True,
+            "dataloader_num_workers": 0,
+            **training,
+        },
+    }

@@ -94,8 +94,11 @@ def test_a_split_with_no_usable_rows_is_an_error(tmp_path, tiny_processor):
 
 def test_finetune_cli_reports_an_empty_dataset_cleanly(tmp_path, capsys):
     (tmp_path / "bad.tsv").write_text("id\taudio\ttext\na\tmissing.wav\thello\n")
-    cfg = {"output_dir": str(tmp_path / "out"), "data": {"train": {"manifest": str(tmp_path / "bad.tsv")}},
-           "training": {"use_cpu": True, "max_steps": 1}}
+    cfg = {
+        "output_dir": str(tmp_path / "out"),
+        "data": {"train": {"manifest": str(tmp_path / "bad.tsv")}},
+        "training": {"use_cpu": True, "max_steps": 1},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert finetune_main(["--config", str(tmp_path / "c.yaml")]) == 2
     assert "error: data split 'train' is empty" in capsys.readouterr().err
@@ -104,8 +107,11 @@ def test_finetune_cli_reports_an_empty_dataset_cleanly(tmp_path, capsys):
 def test_output_dir_guards(tmp_path):
     manifest = tmp_path / "m.tsv"
     manifest.write_text("id\taudio\ttext\n")
-    raw = {"output_dir": str(tmp_path / "run"), "data": {"train": {"manifest": str(manifest)}},
-           "training": {"max_steps": 10}}
+    raw = {
+        "output_dir": str(tmp_path / "run"),
+        "data": {"train": {"manifest": str(manifest)}},
+        "training": {"max_steps": 10},
+    }
     cfg = config_from_dict(raw)
     assert check_output_dir(cfg, resume=False, overwrite=False) is None  # nothing there yet
     with pytest.raises(OutputDirError, match="--resume: .* holds no run"):
@@ -129,4 +135,6 @@ def test_output_dir_guards(tmp_path):
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
     with pytest.raises(OutputDirError, match="not empty and holds no asr-ctc run"):
-        check_output_dir(config_from_dict({**raw, "output_dir": str(stranger)}), resume=False, overwrite=False)
+        check_output_dir(
+            config_from_dict({**raw, "output_dir": str(stranger)}), resume=False, overwrite=False
+        )

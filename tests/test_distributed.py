@@ -1,0 +1,91 @@
+"""Multi-process training (DDP over gloo on the CPU): same losses as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import tiny_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+LAUNCHERS = {
+    "single": [sys.executable],
+    # accelerate's own --cpu launcher runs one process unless MPI is set up (--mpirun_hostfile); its
+    # torch.distributed path is --multi_gpu, which with training.use_cpu=true runs DDP over gloo on the CPU.
+    "accelerate": [
+        str(BIN / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ],
+    "torchrun": [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533"],
+}
+
+
+def _losses(launcher, cfg_path, out, batch, impl, reduction):
+    cmd = [
+        *LAUNCHERS[launcher],
+        "scripts/finetune.py",
+        "--config",
+        str(cfg_path),
+        f"output_dir={out}",
+        f"training.per_device_train_batch_size={batch}",
+        f"loss.impl={impl}",
+        f"loss.reduction={reduction}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("finished:") == 1  # only the main process reports (and writes)
+    history = json.loads((out / "log_history.json").read_text())
+    return [e["loss"] for e in history if "loss" in e]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "impl", "reduction"),
+    [
+        ("accelerate", "custom", "mean"),
+        ("accelerate", "torch", "mean"),
+        ("accelerate", "builtin", "mean"),
+        ("accelerate", "reference", "mean"),
+        ("torchrun", "custom", "token_mean"),
+        ("torchrun", "custom", "sum"),
+        ("torchrun", "builtin", "sum"),
+    ],
+)
+def test_two_processes_match_one_process_with_the_same_global_batch(
+    tiny_corpus, tmp_path, launcher, impl, reduction
+):
+    # Sequential batches, no dropout or masking: the only difference between the runs is how the global
+    # batch of 8 is split (8 on one process, or 4 + 4) and how the loss is normalised across processes.
+    cfg = tiny_run_config(
+        tiny_corpus,
+        tmp_path / "unused",
+        max_steps=3,
+        train_sampling_strategy="sequential",
+        eval_strategy="no",
+        save_strategy="no",
+    )
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    one = _losses("single", cfg_path, tmp_path / "one", 8, impl, reduction)
+    two = _losses(launcher, cfg_path, tmp_path / "two", 4, impl, reduction)
+    assert len(one) == len(two) == 3
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+    shutil.rmtree(tmp_path / "one")
