@@ -57,7 +57,7 @@ def test_bad_rows_are_skipped_with_one_summary_line(messy_manifest, tiny_process
     rows = load_rows(data_cfg.train, data_cfg, lambda p: p)
     ds, report = prepare_split(rows, tiny_processor, data_cfg, "train", frame_counter=_frames)
     assert ds.ids == ["good", "stereo", "narrowband"]
-    # Resampled and mixed down, not rejected: 1 s at 44.1 kHz stereo -> 16000 mono samples; 0.5 s at 8 kHz -> 8000.
+    # Resampled and mixed down, not rejected: 44.1 kHz stereo and 8 kHz mono both come out as 16 kHz mono.
     assert [len(x) for x in ds.input_values] == [16000, 16000, 8000]
     assert ds.texts[0] == "play jazz"  # lowercased
     assert report.total == 9 and report.kept == 3

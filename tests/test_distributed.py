@@ -1,4 +1,4 @@
-"""Multi-process training (DDP over gloo on the CPU): same losses as one process with the same global batch."""
+"""Multi-process training (DDP over gloo on the CPU) matches one process with the same global batch."""
 
 from __future__ import annotations
 

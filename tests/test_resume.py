@@ -1,4 +1,4 @@
-"""Kill and resume: a run killed (SIGKILL) after a checkpoint and resumed ends where an uninterrupted run ends."""
+"""Kill and resume: a run killed (SIGKILL) after a checkpoint, then resumed, ends like an unbroken one."""
 
 from __future__ import annotations
 
