@@ -1,3 +1,7 @@
 """asr-ctc: the CTC loss from first principles in PyTorch, and wav2vec2 fine-tuning around it."""
 
 __version__ = "0.1.0"
+
+from .ctc import CTCLoss, ctc_loss
+
+__all__ = ["CTCLoss", "ctc_loss", "__version__"]
