@@ -48,6 +48,7 @@ class ArchitectureConfig:
     conv_kernel: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2])
     conv_stride: list[int] = field(default_factory=lambda: [10, 2, 2, 2, 2, 2])
     feat_extract_norm: str = "layer"
+    feat_extract_activation: str = "gelu"
     hidden_size: int = 192
     num_hidden_layers: int = 4
     num_attention_heads: int = 4

@@ -186,7 +186,10 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
     train_out = trainer.train(resume_from_checkpoint=resume_from)
     metrics: dict[str, Any] = dict(train_out.metrics)
     if eval_ds is not None:
-        metrics.update(trainer.evaluate())
+        last = trainer.state.log_history[-2:] if trainer.state.log_history else []
+        done = [e for e in last if "eval_wer" in e and e.get("step") == trainer.state.global_step]
+        # The Trainer may just have evaluated at the final step; do not pay for the same pass twice.
+        metrics.update(done[-1] if done else trainer.evaluate())
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         metrics["data"] = {"train": report.summary()}

@@ -31,19 +31,26 @@ def _reference_ctc_loss(
     targets: torch.Tensor,
     input_lengths: torch.Tensor,
     target_lengths: torch.Tensor,
-    blank: int,
-    zero_infinity: bool,
+    blank: int = 0,
+    reduction: str = "none",
+    zero_infinity: bool = False,
 ) -> torch.Tensor:
     """Per-utterance loss from the reference-parity port, with the F.ctc_loss calling convention.
 
     The port takes blank-augmented labels and (B, T, C) logits; log-probabilities are valid logits (softmax
     of log_softmax is the identity), and ``exact=True`` makes its value the true negative log-likelihood.
     """
+    if reduction != "none":
+        raise ValueError(f"reduction: the reference port is called per utterance here, got {reduction!r}")
     extended, ext_lengths = interleave_blanks(targets.clamp_min(0), target_lengths, blank)
     loss = seq_loss_util.ctc_loss(extended, ext_lengths, log_probs.transpose(0, 1), input_lengths, exact=True)
     if zero_infinity:
         loss = torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss))
     return loss
+
+
+# ``builtin`` has no entry: the model computes that loss itself.
+_LOSS_FUNCTIONS = {"custom": custom_ctc_loss, "torch": F.ctc_loss, "reference": _reference_ctc_loss}
 
 
 class CTCTrainer(Trainer):
@@ -121,30 +128,16 @@ class CTCTrainer(Trainer):
         target_lengths = label_mask.sum(-1)
         # Padded targets with the padding set to blank: every implementation ignores entries past a length.
         targets = torch.where(label_mask, labels, torch.full_like(labels, blank))
-        if self.ctc_impl == "custom":
-            loss = custom_ctc_loss(
-                log_probs,
-                targets,
-                frame_lengths,
-                target_lengths,
-                blank=blank,
-                reduction="none",
-                zero_infinity=self.ctc_zero_infinity,
-            )
-        elif self.ctc_impl == "torch":
-            loss = F.ctc_loss(
-                log_probs,
-                targets,
-                frame_lengths,
-                target_lengths,
-                blank=blank,
-                reduction="none",
-                zero_infinity=self.ctc_zero_infinity,
-            )
-        else:
-            loss = _reference_ctc_loss(
-                log_probs, targets, frame_lengths, target_lengths, blank, self.ctc_zero_infinity
-            )
+        loss_fn = _LOSS_FUNCTIONS[self.ctc_impl]
+        loss = loss_fn(
+            log_probs,
+            targets,
+            frame_lengths,
+            target_lengths,
+            blank=blank,
+            reduction="none",
+            zero_infinity=self.ctc_zero_infinity,
+        )
         return loss, target_lengths
 
     def reduce(
