@@ -119,10 +119,12 @@ def test_output_dir_guards(tmp_path):
 
     run = tmp_path / "run"
     (run / "checkpoint-5").mkdir(parents=True)
+    (run / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    (run / "checkpoint-10").mkdir()  # killed while saving: no trainer_state.json, must not be resumed from
     (run / RUN_CONFIG).write_text(yaml.safe_dump(to_dict(cfg)))
     with pytest.raises(OutputDirError, match="already holds a run; pass --resume .* or --overwrite"):
         check_output_dir(cfg, resume=False, overwrite=False)
-    # Resuming the same run (a longer one is fine) finds the latest checkpoint.
+    # Resuming the same run (a longer one is fine) finds the latest complete checkpoint.
     longer = config_from_dict({**raw, "training": {"max_steps": 20}})
     assert check_output_dir(longer, resume=True, overwrite=False).endswith("checkpoint-5")
     other = config_from_dict({**raw, "loss": {"impl": "torch"}})
