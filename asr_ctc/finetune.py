@@ -141,13 +141,19 @@ def make_compute_metrics(processor: Wav2Vec2Processor):
 
 def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> FinetuneResult:
     """Fine-tune as ``cfg`` says; returns the output directory and the final metrics."""
-    resume_from = check_output_dir(cfg, resume, overwrite)
     out = Path(cfg.output_dir)
     training = {**_TRAINING_DEFAULTS, **cfg.training}
     try:
         args = TrainingArguments(output_dir=str(out), **training)
     except (TypeError, ValueError) as exc:  # transformers' own consistency checks on the values
         raise ConfigError(f"training: {exc}") from exc
+    # Only the main process checks (and, with --overwrite, clears) the directory; the others wait for it,
+    # then only look up the checkpoint to resume from.
+    with args.main_process_first(desc="output directory check"):
+        if args.process_index == 0:
+            resume_from = check_output_dir(cfg, resume, overwrite)
+        else:
+            resume_from = latest_complete_checkpoint(out) if resume else None
     set_seed(args.seed)
 
     train_rows = load_rows(cfg.data.train, cfg.data, cfg.resolve)
