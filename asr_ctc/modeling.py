@@ -8,18 +8,9 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from .config import ModelConfig
 
-_REGULARISATION_KEYS = (
-    "hidden_dropout",
-    "activation_dropout",
-    "attention_dropout",
-    "feat_proj_dropout",
-    "final_dropout",
-    "layerdrop",
-    "mask_time_prob",
-    "mask_time_length",
-    "mask_feature_prob",
-    "mask_feature_length",
-)
+# Every ModelConfig field but these is a Wav2Vec2Config dropout/masking knob, passed on as is.
+_NOT_KNOBS = {"name_or_path", "architecture", "freeze_feature_encoder"}
+_REGULARISATION_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in _NOT_KNOBS)
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Wav2Vec2ForCTC:

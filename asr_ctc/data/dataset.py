@@ -26,6 +26,7 @@ from ..config import DataConfig, SourceConfig
 from .audio import AudioError, load_audio, resample
 from .manifest import read_manifest
 from .text import normalize_text
+from .vocab import count_oov
 
 logger = logging.getLogger(__name__)
 
@@ -178,14 +179,12 @@ def prepare_split(
         if for_training and not (data_cfg.min_duration_s <= duration <= data_cfg.max_duration_s):
             report.drop(f"duration outside [{data_cfg.min_duration_s}, {data_cfg.max_duration_s}] s", row_id)
             continue
-        for c in text:
-            if c != " " and c not in vocab:
-                report.unknown_chars[c] = report.unknown_chars.get(c, 0) + 1
         ids.append(row_id)
         texts.append(text)
         audios.append(audio)
         labels.append(tokenizer(text).input_ids)
 
+    report.unknown_chars = count_oov(texts, vocab)
     if for_training and frame_counter is not None and audios:
         frames = frame_counter(torch.tensor([len(a) for a in audios], dtype=torch.long)).tolist()
         keep = [i for i in range(len(ids)) if min_ctc_frames(labels[i]) <= frames[i]]
