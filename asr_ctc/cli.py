@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 from .config import ConfigError
 
@@ -20,9 +21,42 @@ def _fail(exc: Exception) -> int:
 
 def make_corpus_main(argv: list[str] | None = None) -> int:
     """``asr-ctc-make-corpus``: synthesize the offline speech corpus with eSpeak NG."""
-    from .data.synthetic import main
+    parser = argparse.ArgumentParser(
+        prog="make-corpus", description="Synthesize the offline speech corpus with eSpeak NG."
+    )
+    parser.add_argument("--out-dir", default="data/synthetic", help="output directory (default: %(default)s)")
+    parser.add_argument("--num-utterances", type=int, default=10000, help="default: %(default)s")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
+    parser.add_argument("--dev-fraction", type=float, default=0.05, help="default: %(default)s")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="default: %(default)s")
+    parser.add_argument("--force", action="store_true", help="regenerate even if out-dir has this corpus")
+    args = parser.parse_args(argv)
+    _setup_logging()
+    from .corpus.synthetic import make_synthetic_corpus
 
-    return main(argv)
+    start = time.perf_counter()
+    summary = make_synthetic_corpus(
+        args.out_dir,
+        num_utterances=args.num_utterances,
+        seed=args.seed,
+        dev_fraction=args.dev_fraction,
+        test_fraction=args.test_fraction,
+        num_workers=args.workers,
+        force=args.force,
+    )
+    elapsed = time.perf_counter() - start
+    total, held_out = summary["total"], ", ".join(summary["test_variants"])
+    print(
+        f"corpus in {args.out_dir} ({elapsed:.1f} s): {total['utterances']} utterances, "
+        f"{total['hours']:.2f} h; held-out test voice variants: {held_out}"
+    )
+    for split, info in summary["splits"].items():
+        print(
+            f"  {split:5s} {info['utterances']:6d} utterances {info['hours']:7.3f} h  "
+            f"mean {info['mean_seconds']:.2f} s  {len(info['voices'])} voices"
+        )
+    return 0
 
 
 def finetune_main(argv: list[str] | None = None) -> int:

@@ -63,7 +63,7 @@ def random_dataset(processor, n: int, seed: int = 0) -> SpeechDataset:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """A 48-utterance eSpeak corpus (train/dev/test manifests), synthesized once per test session."""
-    from asr_ctc.data.synthetic import make_synthetic_corpus
+    from asr_ctc.corpus.synthetic import make_synthetic_corpus
 
     out = tmp_path_factory.mktemp("corpus")
     make_synthetic_corpus(

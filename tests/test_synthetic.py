@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_ctc.data import grammar
-from asr_ctc.data.espeak import ESpeakError, ESpeakSynthesizer
+from asr_ctc.corpus import grammar
+from asr_ctc.corpus.espeak import ESpeakError, ESpeakSynthesizer
+from asr_ctc.corpus.synthetic import make_synthetic_corpus, plan_corpus
 from asr_ctc.data.manifest import read_manifest
-from asr_ctc.data.synthetic import make_synthetic_corpus, plan_corpus
 
 SENTENCE = "play some jazz by miles on spotify"
 
@@ -147,7 +147,7 @@ def test_existing_corpus_is_reused(corpora, caplog):
     out_dir, _, summary, _ = corpora
     wav = out_dir / "wavs" / "train-000000.wav"
     before = wav.stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="asr_ctc.data.synthetic"):
+    with caplog.at_level(logging.INFO, logger="asr_ctc.corpus.synthetic"):
         again = make_synthetic_corpus(out_dir, num_utterances=40, seed=11, num_workers=2, progress=False)
     assert again == summary
     assert wav.stat().st_mtime_ns == before

@@ -11,13 +11,12 @@ its voice variants (3 by default: one male, one female, one Klatt-synthesised) a
 dev. Dev has unseen sentences but train's voices.
 
 Everything random is drawn up front from one ``random.Random(seed)`` in the parent process, and every
-utterance is synthesised in a freshly loaded eSpeak library (see :mod:`asr_ctc.data.espeak`), so the
+utterance is synthesised in a freshly loaded eSpeak library (see :mod:`asr_ctc.corpus.espeak`), so the
 files are byte-identical for the same seed and size whatever ``num_workers`` is.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -25,7 +24,6 @@ import multiprocessing
 import os
 import random
 import re
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +32,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from asr_ctc.corpus.espeak import ESpeakSynthesizer, list_language_voices, list_variants
+from asr_ctc.corpus.grammar import generate_sentences, split_sentences
 from asr_ctc.data.audio import resample
-from asr_ctc.data.espeak import ESpeakSynthesizer, list_language_voices, list_variants
-from asr_ctc.data.grammar import generate_sentences, split_sentences
 from asr_ctc.data.manifest import write_manifest
 from asr_ctc.io import atomic_write, atomic_write_text
 
@@ -335,40 +333,3 @@ def make_synthetic_corpus(
     summary = _summarise(plan, lengths, params, version)
     atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: build the corpus and print a summary."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", default="data/synthetic", help="output directory (default: %(default)s)")
-    parser.add_argument("--num-utterances", type=int, default=10000, help="default: %(default)s")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
-    parser.add_argument("--dev-fraction", type=float, default=0.05, help="default: %(default)s")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="default: %(default)s")
-    parser.add_argument("--force", action="store_true", help="regenerate even if out-dir has this corpus")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    start = time.perf_counter()
-    summary = make_synthetic_corpus(
-        args.out_dir,
-        num_utterances=args.num_utterances,
-        seed=args.seed,
-        dev_fraction=args.dev_fraction,
-        test_fraction=args.test_fraction,
-        num_workers=args.workers,
-        force=args.force,
-    )
-    elapsed = time.perf_counter() - start
-    total, held_out = summary["total"], ", ".join(summary["test_variants"])
-    print(
-        f"corpus in {args.out_dir} ({elapsed:.1f} s): {total['utterances']} utterances, "
-        f"{total['hours']:.2f} h; held-out test voice variants: {held_out}"
-    )
-    for split, info in summary["splits"].items():
-        print(
-            f"  {split:5s} {info['utterances']:6d} utterances {info['hours']:7.3f} h  "
-            f"mean {info['mean_seconds']:.2f} s  {len(info['voices'])} voices"
-        )
-    return 0
