@@ -89,7 +89,11 @@ class SourceConfig:
     hub_name: str | None = None
     hub_config: str | None = None
     hub_split: str | None = None
+    # Files for a ``datasets`` builder (``hub_name: json`` / ``csv`` / ``audiofolder``), instead of the hub.
+    data_files: str | list[str] | None = None
     max_samples: int | None = None
+    # Stream a hub dataset instead of downloading it (a corpus bigger than the disk); see the README.
+    streaming: bool = False
 
 
 @dataclass
@@ -106,6 +110,10 @@ class DataConfig:
     min_duration_s: float = 0.2
     max_duration_s: float = 20.0
     lowercase: bool = True
+    # Where split indexes are cached (default: $ASR_CTC_CACHE/index, else ~/.cache/asr_ctc/index).
+    cache_dir: str | None = None
+    # Processes that build an index (default: up to 8 for splits of 20,000 rows or more, else 1).
+    preprocessing_num_workers: int | None = None
     # Characters removed from transcripts before building the vocabulary (punctuation, typically).
     chars_to_drop: str = ',?.!-;:"“”%‘’�()[]{}'
 

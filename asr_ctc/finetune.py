@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from transformers import EvalPrediction, TrainingArguments, Wav2Vec2Processor, s
 
 from .config import ConfigError, ExperimentConfig, to_dict
 from .data.collator import IGNORE_INDEX, CTCDataCollator
-from .data.dataset import load_rows, prepare_split
-from .data.text import normalize_text
+from .data.dataset import open_split, open_streaming_split, streaming_texts
+from .data.index import load_source_index
 from .data.vocab import build_processor, build_vocab
 from .decode import collapse, wer_cer
 from .io import atomic_write_text
@@ -109,14 +110,14 @@ def latest_complete_checkpoint(out: Path) -> str | None:
     return None
 
 
-def _processor_for(cfg: ExperimentConfig, train_texts: list[str]) -> Wav2Vec2Processor:
+def _processor_for(cfg: ExperimentConfig, train_texts: Callable[[], Iterable[str]]) -> Wav2Vec2Processor:
     """A checkpoint that ships a tokenizer keeps it (so its CTC head stays meaningful); otherwise the
-    vocabulary is built from the training transcripts."""
+    vocabulary is built from the training transcripts (``train_texts()``, read only then)."""
     src = cfg.model.name_or_path
     if src and Path(src, "vocab.json").is_file():
         return Wav2Vec2Processor.from_pretrained(src)
     with tempfile.TemporaryDirectory() as tmp:  # the tokenizer reads its vocab file once, at construction
-        return build_processor(build_vocab(train_texts), tmp, cfg.data.sampling_rate)
+        return build_processor(build_vocab(train_texts()), tmp, cfg.data.sampling_rate)
 
 
 def make_compute_metrics(processor: Wav2Vec2Processor):
@@ -156,23 +157,33 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
             resume_from = latest_complete_checkpoint(out) if resume else None
     set_seed(args.seed)
 
-    train_rows = load_rows(cfg.data.train, cfg.data, cfg.resolve)
-    texts = [
-        normalize_text(str(r.get("text") or ""), cfg.data.lowercase, cfg.data.chars_to_drop)
-        for r in train_rows
-    ]
-    processor = _processor_for(cfg, [t for t in texts if t])
+    def guard():  # the main process builds each index first; the others then memory-map it
+        return args.main_process_first(desc="data index")
+
+    data = cfg.data
+    streaming = data.train.streaming
+    train_index = None if streaming else load_source_index(data.train, data, "train", guard=guard)
+    processor = _processor_for(
+        cfg, lambda: list(streaming_texts(data.train, data)) if streaming else train_index.texts()
+    )
     tokenizer = processor.tokenizer
     model = build_model(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     frames = model._get_feat_extract_output_lengths
 
-    train_ds, report = prepare_split(train_rows, processor, cfg.data, "train", frames)
-    logger.warning(report.summary())
+    report = None
+    if streaming:
+        train_ds = open_streaming_split(data.train, processor, data, frames)
+    else:
+        train_ds, report = open_split(train_index, processor, data, frames, guard=guard)
+        logger.info(report.summary())
     eval_ds = None
-    if cfg.data.eval is not None:
-        eval_rows = load_rows(cfg.data.eval, cfg.data, cfg.resolve)
-        eval_ds, eval_report = prepare_split(eval_rows, processor, cfg.data, "eval", frames)
-        logger.warning(eval_report.summary())
+    if data.eval is not None:
+        if data.eval.streaming:
+            eval_ds = open_streaming_split(data.eval, processor, data, frames)
+        else:
+            eval_index = load_source_index(data.eval, data, "eval", guard=guard)
+            eval_ds, eval_report = open_split(eval_index, processor, data, frames, guard=guard)
+            logger.info(eval_report.summary())
 
     trainer = CTCTrainer(
         model=model,
@@ -198,7 +209,10 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
         metrics.update(done[-1] if done else trainer.evaluate())
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
-        metrics["data"] = {"train": report.summary()}
+        metrics["data"] = {
+            "train": report.summary() if report else "streamed",
+            "skipped_unreadable_during_training": getattr(train_ds, "skipped", 0),
+        }
         atomic_write_text(out / "train_metrics.json", json.dumps(metrics, indent=2, default=float))
         atomic_write_text(out / "log_history.json", json.dumps(trainer.state.log_history, indent=1))
         plot_training_curves(

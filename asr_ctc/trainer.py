@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import seq_loss_util
 from .config import LOSS_IMPLS, LOSS_REDUCTIONS
@@ -162,6 +163,29 @@ class CTCTrainer(Trainer):
         return world
 
     # -- Trainer hooks ----------------------------------------------------------------------------------
+
+    def _length_grouped_sampler(self, dataset: Any, batch_size: int, generator: Any = None) -> Any:
+        """A length-grouped sampler fed from the dataset's index (``dataset.lengths``), if it has one.
+
+        Without it the Trainer would read every item of a non-``datasets`` dataset to measure its length,
+        which for a lazily decoded dataset means decoding the whole corpus before the first step.
+        """
+        lengths = getattr(dataset, "lengths", None)
+        if self.args.train_sampling_strategy != "group_by_length" or lengths is None:
+            return None
+        return LengthGroupedSampler(batch_size, lengths=list(lengths), generator=generator)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        sampler = self._length_grouped_sampler(dataset, batch)
+        return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        generator = torch.Generator().manual_seed(seed)
+        sampler = self._length_grouped_sampler(eval_dataset, self.args.eval_batch_size, generator)
+        return sampler if sampler is not None else super()._get_eval_sampler(eval_dataset)
 
     def _set_signature_columns_if_needed(self) -> None:
         # An example's "id" is not a model argument, but the collator turns it into utterance_ids, which

@@ -10,7 +10,7 @@ import yaml
 
 from asr_ctc.cli import finetune_main
 from asr_ctc.config import DataConfig, SourceConfig, config_from_dict, to_dict
-from asr_ctc.data.dataset import EmptyDatasetError, load_rows, prepare_split
+from asr_ctc.data.dataset import EmptyDatasetError, prepare_split
 from asr_ctc.finetune import RUN_CONFIG, OutputDirError, check_output_dir
 
 
@@ -54,11 +54,11 @@ def messy_manifest(tmp_path):
 
 def test_bad_rows_are_skipped_with_one_summary_line(messy_manifest, tiny_processor):
     data_cfg = DataConfig(train=SourceConfig(manifest=str(messy_manifest)), min_duration_s=0.1)
-    rows = load_rows(data_cfg.train, data_cfg, lambda p: p)
-    ds, report = prepare_split(rows, tiny_processor, data_cfg, "train", frame_counter=_frames)
+    ds, report = prepare_split(data_cfg.train, tiny_processor, data_cfg, "train", frame_counter=_frames)
     assert ds.ids == ["good", "stereo", "narrowband"]
     # Resampled and mixed down, not rejected: 44.1 kHz stereo and 8 kHz mono both come out as 16 kHz mono.
-    assert [len(x) for x in ds.input_values] == [16000, 16000, 8000]
+    assert [len(ds[i]["input_values"]) for i in range(3)] == [16000, 16000, 8000]
+    assert ds.lengths == [16000, 16000, 8000]  # the index predicts them from the headers
     assert ds.texts[0] == "play jazz"  # lowercased
     assert report.total == 9 and report.kept == 3
     assert sorted(len(v) for v in report.dropped.values()) == [1, 1, 4]
@@ -76,20 +76,18 @@ def test_unknown_characters_at_inference_are_counted_and_reported(tmp_path, tiny
     sf.write(tmp_path / "a.wav", _tone(1.0, 16000), 16000)
     (tmp_path / "test.tsv").write_text("id\taudio\ttext\nx\ta.wav\tplay café jazz\n")
     data_cfg = DataConfig(train=SourceConfig(manifest=str(tmp_path / "test.tsv")))
-    rows = load_rows(data_cfg.train, data_cfg, lambda p: p)
-    ds, report = prepare_split(rows, tiny_processor, data_cfg, "test", for_training=False)
+    ds, report = prepare_split(data_cfg.train, tiny_processor, data_cfg, "test", for_training=False)
     unk = tiny_processor.tokenizer.unk_token_id
     assert report.unknown_chars == {"f": 1, "é": 1}  # "c" is in the vocabulary (music)
-    assert ds.labels[0].count(unk) == 2
+    assert ds[0]["labels"].count(unk) == 2
     assert "characters outside the vocabulary mapped to <unk>" in report.summary()
 
 
 def test_a_split_with_no_usable_rows_is_an_error(tmp_path, tiny_processor):
     (tmp_path / "bad.tsv").write_text("id\taudio\ttext\na\tmissing.wav\thello\n")
     data_cfg = DataConfig(train=SourceConfig(manifest=str(tmp_path / "bad.tsv")))
-    rows = load_rows(data_cfg.train, data_cfg, lambda p: p)
     with pytest.raises(EmptyDatasetError, match=r"data split 'train' is empty after filtering.*missing.wav"):
-        prepare_split(rows, tiny_processor, data_cfg, "train")
+        prepare_split(data_cfg.train, tiny_processor, data_cfg, "train")
 
 
 def test_finetune_cli_reports_an_empty_dataset_cleanly(tmp_path, capsys):

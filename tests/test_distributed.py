@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

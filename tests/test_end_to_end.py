@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import random_dataset, tiny_model_config
+from helpers import InMemorySpeechDataset as SpeechDataset
 from transformers import TrainingArguments
 
 from asr_ctc.data.collator import CTCDataCollator
-from asr_ctc.data.dataset import SpeechDataset
 from asr_ctc.modeling import build_model
 from asr_ctc.trainer import CTCTrainer, NonFiniteLossError
 

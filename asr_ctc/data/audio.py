@@ -6,6 +6,7 @@ FFmpeg; libsndfile reads WAV, FLAC, OGG/Vorbis, Opus and (libsndfile >= 1.1) MP3
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -70,3 +71,18 @@ def load_audio(path: str | os.PathLike, sampling_rate: int | None = 16000) -> np
     if sampling_rate is None or sampling_rate == file_sr:
         return np.ascontiguousarray(mono, dtype=np.float32)
     return resample(mono, int(file_sr), int(sampling_rate))
+
+
+def decode_audio(data: bytes, sampling_rate: int, name: str) -> np.ndarray:
+    """Decode encoded audio bytes (as a hub dataset's Arrow table stores them) like :func:`load_audio`.
+
+    Raises:
+        AudioError: the bytes are not audio libsndfile can decode, or hold no samples; names ``name``.
+    """
+    try:
+        audio, file_sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises several types for corrupt data  # noqa: BLE001
+        raise AudioError(f"{name}: cannot decode audio bytes ({exc})") from exc
+    if audio.shape[0] == 0:
+        raise AudioError(f"{name}: audio has no samples")
+    return resample(audio.mean(axis=1, dtype=np.float32), int(file_sr), sampling_rate)

@@ -1,36 +1,46 @@
-"""From a data source (local manifest or hub dataset) to a dataset of model inputs and CTC targets.
+"""From a split's index to a dataset of model inputs and CTC targets, audio decoded when a batch needs it.
 
-Every row is checked on the way in: audio that cannot be read, a transcript that normalises to nothing,
-a duration outside the configured range, or a target that cannot fit the frames the model will produce
-(CTC needs one frame per label, plus one blank between two equal labels). Bad rows are skipped and
-reported in one summary line naming the first few offenders; a split that ends up empty is an error,
-never a silent inf/NaN loss later.
+Every row is checked from its index entry (:mod:`asr_ctc.data.index`), never by decoding the audio:
+audio whose header cannot be read, a transcript that normalises to nothing, a duration outside the
+configured range, or a target that cannot fit the frames the model will produce (CTC needs one frame per
+label, plus one blank between two equal labels). Bad rows are skipped and reported in one summary line
+naming the first few; a split that ends up empty is an error, never a silent inf/NaN loss later.
+
+Audio that becomes unreadable after indexing (a file replaced or truncated during a long run) is found
+only when its item is decoded: that item is skipped with a warning naming it, counted, and the next
+readable utterance takes its place, so a batch keeps its size and the run goes on.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import Callable, Sequence
+import multiprocessing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
-import soundfile as sf
 import torch
-from tqdm.auto import tqdm
 from transformers import Wav2Vec2Processor
 
 from ..config import DataConfig, SourceConfig
-from .audio import AudioError, load_audio, resample
-from .manifest import read_manifest
+from .audio import AudioError, decode_audio, load_audio
+from .index import (
+    ProcessGuard,
+    SourceIndex,
+    load_hub_table,
+    load_labels,
+    load_source_index,
+    min_ctc_frames,
+)
 from .text import normalize_text
 from .vocab import count_oov
 
 logger = logging.getLogger(__name__)
 
 FrameCounter = Callable[[torch.Tensor], torch.Tensor]
+UNREADABLE = "unreadable audio"
 
 
 class EmptyDatasetError(ValueError):
@@ -63,143 +73,218 @@ class SplitReport:
         return "; ".join(parts)
 
 
+def normalize_audio(audio: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per utterance, as wav2vec2 expects (the feature extractor's formula)."""
+    return ((audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)).astype(np.float32)
+
+
 class SpeechDataset(torch.utils.data.Dataset):
-    """Normalised audio and label ids, in memory, with the ids and transcripts kept for scoring."""
+    """Utterances of an index, decoded, resampled and normalised one at a time in ``__getitem__``.
+
+    Items are ``{"input_values": (N,) float32, "labels": list[int], "id": str}``. The index columns stay
+    memory-mapped; ``lengths`` (samples per utterance, from the headers) feeds the length-grouped
+    sampler without touching the audio.
+    """
 
     def __init__(
-        self, ids: list[str], texts: list[str], input_values: list[np.ndarray], labels: list[list[int]]
+        self,
+        table: datasets.Dataset,
+        sampling_rate: int,
+        hub_table: datasets.Dataset | None = None,
+        audio_column: str = "audio",
+        normalize: bool = True,
     ):
-        self.ids = ids
-        self.texts = texts
-        self.input_values = input_values
-        self.labels = labels
+        self.table = table
+        self.sampling_rate = sampling_rate
+        self.hub_table = hub_table
+        self.audio_column = audio_column
+        self.normalize = normalize
+        # Shared with DataLoader workers (created before they fork), so the count covers all of them.
+        self._skipped = multiprocessing.Value("i", 0)
 
     def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"input_values": self.input_values[i], "labels": self.labels[i], "id": self.ids[i]}
+        return len(self.table)
 
     @property
     def lengths(self) -> list[int]:
-        return [len(x) for x in self.input_values]
+        """Samples per utterance at ``sampling_rate`` (from the file headers; no audio is read)."""
+        return self.table["num_samples"]
+
+    @property
+    def ids(self) -> list[str]:
+        return self.table["id"]
+
+    @property
+    def texts(self) -> list[str]:
+        return self.table["text"]
+
+    @property
+    def skipped(self) -> int:
+        """Items skipped because their audio could not be decoded (all worker processes)."""
+        return self._skipped.value
+
+    def load(self, row: dict[str, Any]) -> np.ndarray:
+        """Decode one index row's audio to mono float32 at ``sampling_rate``."""
+        if row["row"] >= 0:
+            ref = self.hub_table[int(row["row"])][self.audio_column]
+            if ref.get("bytes"):
+                return decode_audio(ref["bytes"], self.sampling_rate, row["id"])
+            return load_audio(ref["path"], self.sampling_rate)
+        return load_audio(row["audio"], self.sampling_rate)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        n = len(self.table)
+        for attempt in range(n):
+            row = self.table[(i + attempt) % n]
+            try:
+                audio = self.load(row)
+            except AudioError as exc:
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                    count = self._skipped.value
+                logger.warning("skipping utterance %s: %s (%d skipped so far)", row["id"], exc, count)
+                continue
+            item = {"input_values": normalize_audio(audio) if self.normalize else audio, "id": row["id"]}
+            if "labels" in row:
+                item["labels"] = row["labels"]
+            return item
+        raise EmptyDatasetError(f"no utterance of {n} could be decoded (all audio became unreadable)")
 
 
-def _decode_bytes(data: bytes, sampling_rate: int, name: str) -> np.ndarray:
-    try:
-        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises several types for corrupt data
-        raise AudioError(f"{name}: cannot decode audio bytes ({exc})") from exc
-    if audio.shape[0] == 0:
-        raise AudioError(f"{name}: audio has no samples")
-    return resample(audio.mean(axis=1), sr, sampling_rate)
+def open_split(
+    index: SourceIndex,
+    processor: Wav2Vec2Processor,
+    data_cfg: DataConfig,
+    frame_counter: FrameCounter | None = None,
+    for_training: bool = True,
+    guard: ProcessGuard | None = None,
+) -> tuple[SpeechDataset, SplitReport]:
+    """Filter and encode one indexed split.
 
+    Args:
+        index: from :func:`asr_ctc.data.index.load_source_index`.
+        processor: its tokenizer encodes the transcripts (cached per vocabulary).
+        data_cfg: sampling rate, duration range.
+        frame_counter: maps (N,) int64 sample counts to (N,) frame counts
+            (:func:`asr_ctc.modeling.frame_lengths`); needed for the label-fits-frames check.
+        for_training: apply the duration and label-fits-frames filters. A test split is scored whole
+            (only unreadable audio and empty transcripts are skipped).
+        guard: as for :func:`~asr_ctc.data.index.load_source_index`.
 
-def load_rows(
-    source: SourceConfig, data_cfg: DataConfig, resolve: Callable[[str], Path]
-) -> list[dict[str, Any]]:
-    """Rows ``{"id", "text", "audio"}`` of one source; ``audio`` is a file path or an in-memory loader.
-
-    A local manifest gives paths. A hub dataset (the real code path for users with the internet; it cannot
-    run offline) is read with its audio column left undecoded, because ``datasets``' own decoding needs
-    torchcodec: the encoded bytes are decoded here with soundfile instead.
+    Raises:
+        EmptyDatasetError: when no row survives.
     """
-    if source.manifest is not None:
-        rows = read_manifest(
-            resolve(source.manifest),
-            audio_column=data_cfg.audio_column,
-            text_column=data_cfg.text_column,
-            id_column=data_cfg.id_column,
-        )
-    else:
-        import datasets
-
-        ds = datasets.load_dataset(source.hub_name, source.hub_config, split=source.hub_split or "train")
-        ds = ds.cast_column(data_cfg.audio_column, datasets.Audio(decode=False))
-        rows = []
-        for i, ex in enumerate(ds):
-            audio = ex[data_cfg.audio_column]
-            row_id = str(ex.get(data_cfg.id_column, i))
-            if audio.get("bytes"):
-                rows.append({"id": row_id, "text": ex[data_cfg.text_column], "audio": audio["bytes"]})
-            else:
-                rows.append({"id": row_id, "text": ex[data_cfg.text_column], "audio": audio["path"]})
-    if source.max_samples is not None:
-        rows = rows[: source.max_samples]
-    return rows
-
-
-def min_ctc_frames(labels: Sequence[int]) -> int:
-    """Frames CTC needs for ``labels``: one per label plus a blank between each pair of equal neighbours."""
-    repeats = sum(1 for a, b in zip(labels[:-1], labels[1:], strict=True) if a == b)
-    return len(labels) + repeats
+    labels = load_labels(index, processor.tokenizer, data_cfg, guard)
+    table = datasets.concatenate_datasets([index.table, labels], axis=1)
+    report = SplitReport(name=index.name, total=len(table))
+    cols = table.select_columns(["id", "error", "num_samples", "min_frames", "oov"])[:]
+    ids, errors = cols["id"], cols["error"]
+    samples = np.asarray(cols["num_samples"], dtype=np.int64)
+    keep = np.array([not e for e in errors], dtype=bool)
+    for i in np.flatnonzero(~keep):
+        reason, _, detail = errors[i].partition(": ")
+        report.drop(reason, f"{ids[i]} [{detail}]" if detail else ids[i])
+    if for_training:
+        lo, hi = data_cfg.min_duration_s, data_cfg.max_duration_s
+        seconds = samples / data_cfg.sampling_rate
+        bad = keep & ((seconds < lo) | (seconds > hi))
+        for i in np.flatnonzero(bad):
+            report.drop(f"duration outside [{lo}, {hi}] s", ids[i])
+        keep &= ~bad
+        if frame_counter is not None:
+            frames = frame_counter(torch.from_numpy(samples)).numpy()
+            bad = keep & (np.asarray(cols["min_frames"]) > frames)
+            for i in np.flatnonzero(bad):
+                report.drop("transcript longer than the model's output frames", ids[i])
+            keep &= ~bad
+    kept = np.flatnonzero(keep)
+    report.unknown_chars = count_oov((cols["oov"][i] for i in kept if cols["oov"][i]), {})
+    report.kept = len(kept)
+    if not len(kept):
+        raise EmptyDatasetError(f"data split {index.name!r} is empty after filtering: {report.summary()}")
+    table = table.select(kept) if len(kept) < len(table) else table
+    dataset = SpeechDataset(table, data_cfg.sampling_rate, index.hub_table, index.audio_column)
+    return dataset, report
 
 
 def prepare_split(
-    rows: list[dict[str, Any]],
+    source: SourceConfig,
     processor: Wav2Vec2Processor,
     data_cfg: DataConfig,
     name: str,
     frame_counter: FrameCounter | None = None,
     for_training: bool = True,
+    guard: ProcessGuard | None = None,
 ) -> tuple[SpeechDataset, SplitReport]:
-    """Load, clean and encode one split.
+    """:func:`~asr_ctc.data.index.load_source_index` then :func:`open_split`, for one split."""
+    index = load_source_index(source, data_cfg, name, guard=guard)
+    return open_split(index, processor, data_cfg, frame_counter, for_training, guard)
 
-    Args:
-        rows: from :func:`load_rows`.
-        processor: its feature extractor normalises the audio, its tokenizer encodes the transcripts.
-        data_cfg: sampling rate, duration range, text normalisation.
-        name: the split's name, for the report.
-        frame_counter: maps (N,) int64 sample counts to (N,) frame counts (the model's
-            ``_get_feat_extract_output_lengths``); needed for the label-fits-frames check.
-        for_training: apply the duration and label-fits-frames filters. A test split is scored whole
-            (only unreadable audio and empty transcripts are skipped).
 
-    Raises:
-        EmptyDatasetError: when no row survives.
+# -- streaming ----------------------------------------------------------------------------------------
+
+
+def streaming_texts(source: SourceConfig, data_cfg: DataConfig) -> Iterator[str]:
+    """The normalised transcripts of a streamed source, in one pass over its text column."""
+    stream = load_hub_table(source, data_cfg, streaming=True).select_columns([data_cfg.text_column])
+    for ex in stream:
+        text = normalize_text(str(ex[data_cfg.text_column] or ""), data_cfg.lowercase, data_cfg.chars_to_drop)
+        if text:
+            yield text
+
+
+def open_streaming_split(
+    source: SourceConfig,
+    processor: Wav2Vec2Processor,
+    data_cfg: DataConfig,
+    frame_counter: FrameCounter | None = None,
+    for_training: bool = True,
+) -> datasets.IterableDataset:
+    """A streamed split (``datasets.IterableDataset``): examples decoded and filtered as they arrive.
+
+    What streaming gives up: no index, so no length grouping (batches mix lengths, more padding), no known
+    epoch size (set ``training.max_steps``), and the filters report nothing up front; unusable examples are
+    logged and skipped as they are met.
     """
-    report = SplitReport(name=name, total=len(rows))
+    stream = load_hub_table(source, data_cfg, streaming=True)
     tokenizer = processor.tokenizer
-    vocab = tokenizer.get_vocab()
     sr = data_cfg.sampling_rate
-    ids, texts, audios, labels = [], [], [], []
-    for row in tqdm(rows, desc=f"loading {name}", unit="utt", disable=len(rows) < 200):
-        row_id = str(row["id"])
-        text = normalize_text(str(row.get("text") or ""), data_cfg.lowercase, data_cfg.chars_to_drop)
-        if not text:
-            report.drop("empty transcript", row_id)
-            continue
+    audio_col, text_col, id_col = data_cfg.audio_column, data_cfg.text_column, data_cfg.id_column
+    lo, hi = data_cfg.min_duration_s, data_cfg.max_duration_s
+
+    def prepare(example: dict[str, Any], idx: int) -> dict[str, Any]:
+        uid = str(example.get(id_col, idx))
+        text = normalize_text(str(example.get(text_col) or ""), data_cfg.lowercase, data_cfg.chars_to_drop)
+        out = {"id": uid, "input_values": np.zeros(0, np.float32), "labels": [], "skip": ""}
+        ref = example[audio_col]
         try:
-            src = row["audio"]
-            audio = _decode_bytes(src, sr, row_id) if isinstance(src, bytes) else load_audio(src, sr)
+            if isinstance(ref, str):
+                audio = load_audio(ref, sr)
+            elif ref.get("bytes"):
+                audio = decode_audio(ref["bytes"], sr, uid)
+            else:
+                audio = load_audio(ref["path"], sr)
         except AudioError as exc:
-            report.drop("unreadable audio", f"{row_id} [{exc}]")
-            continue
-        duration = len(audio) / sr
-        if for_training and not (data_cfg.min_duration_s <= duration <= data_cfg.max_duration_s):
-            report.drop(f"duration outside [{data_cfg.min_duration_s}, {data_cfg.max_duration_s}] s", row_id)
-            continue
-        ids.append(row_id)
-        texts.append(text)
-        audios.append(audio)
-        labels.append(tokenizer(text).input_ids)
+            out["skip"] = f"{UNREADABLE}: {exc}"
+            return out
+        labels = tokenizer(text).input_ids if text else []
+        if not text:
+            out["skip"] = "empty transcript"
+        elif for_training and not lo <= len(audio) / sr <= hi:
+            out["skip"] = f"duration {len(audio) / sr:.2f} s outside [{lo}, {hi}] s"
+        elif for_training and frame_counter is not None:
+            frames = int(frame_counter(torch.tensor([len(audio)]))[0])
+            if min_ctc_frames(labels) > frames:
+                out["skip"] = "transcript longer than the model's output frames"
+        if not out["skip"]:
+            out.update(input_values=normalize_audio(audio), labels=labels)
+        return out
 
-    report.unknown_chars = count_oov(texts, vocab)
-    if for_training and frame_counter is not None and audios:
-        frames = frame_counter(torch.tensor([len(a) for a in audios], dtype=torch.long)).tolist()
-        keep = [i for i in range(len(ids)) if min_ctc_frames(labels[i]) <= frames[i]]
-        for i in sorted(set(range(len(ids))) - set(keep)):
-            report.drop("transcript longer than the model's output frames", ids[i])
-        ids, texts, audios, labels = ([seq[i] for i in keep] for seq in (ids, texts, audios, labels))
+    def usable(example: dict[str, Any]) -> bool:
+        if example["skip"]:
+            logger.warning("skipping utterance %s: %s", example["id"], example["skip"])
+        return not example["skip"]
 
-    report.kept = len(ids)
-    if not ids:
-        raise EmptyDatasetError(f"data split {name!r} is empty after filtering: {report.summary()}")
-    # Zero-mean, unit-variance per utterance, as wav2vec2 expects; done once here instead of every epoch.
-    input_values = [
-        processor.feature_extractor(a, sampling_rate=sr, return_attention_mask=False)
-        .input_values[0]
-        .astype(np.float32)
-        for a in audios
-    ]
-    return SpeechDataset(ids, texts, input_values, labels), report
+    columns = list(stream.column_names or [])
+    stream = stream.map(prepare, with_indices=True, remove_columns=columns or None)
+    return stream.filter(usable).remove_columns(["skip"])
