@@ -66,8 +66,9 @@ def forced_align(
           ``scores[b].sum()`` is the log-probability of the best path (at most the CTC log-likelihood,
           ``-ctc_loss(..., reduction="none")[b]``, which sums over all paths).
 
-        Frames at or past an utterance's input length get label ``blank`` and score 0. Ties between equally
-        good paths are broken in an unspecified but deterministic way.
+        Frames at or past an utterance's input length get label ``blank`` and score 0. Between equally good
+        paths the backtrack prefers ending in the closing blank, and at each frame staying in a state over
+        entering it from the previous one, and that over skipping a blank: tokens come as early as possible.
 
     Raises:
         ValueError: naming the argument, for arguments :func:`asr_ctc.ctc_loss` rejects, or NaN / +inf in
@@ -119,12 +120,16 @@ def forced_align(
     stay, one, two = score[:, 2:], score[:, 1:-1], score[:, :-2]
     # back[t, b, s]: how state s was entered at frame t (0 stay, 1 from s-1, 2 from s-2).
     back = torch.zeros((frames, batch, n_ext), dtype=torch.int8, device=device)
-    moves = torch.empty((3, batch, n_ext), dtype=compute.dtype, device=device)
+    two_code = torch.tensor(2, dtype=torch.int8, device=device)
     for t in range(1, frames):
-        moves[0].copy_(stay)
-        moves[1].copy_(one)
-        torch.add(two, log_skip, out=moves[2])
-        best, move = moves.max(dim=0)
+        # Pairwise comparisons, not a max over a stacked (3, B, S) tensor: elementwise kernels are far
+        # faster than a reduction over the outer dimension. Ties go to the smaller move (stay first).
+        from_one = one > stay
+        best = torch.where(from_one, one, stay)
+        skip = two + log_skip
+        from_two = skip > best
+        best = torch.where(from_two, skip, best)
+        move = torch.where(from_two, two_code, from_one.to(torch.int8))
         running = active[t].unsqueeze(1)
         # Past its last frame an utterance keeps its scores and "stays", so the backtrack below passes
         # through those frames unchanged.
@@ -136,7 +141,8 @@ def forced_align(
     ends = torch.cat((last, (last - 1).clamp_min(0)), dim=1)  # (B, 2)
     end_scores = stay.gather(1, ends)
     end_scores[:, 1].masked_fill_(tl == 0, -math.inf)
-    best_end, which = end_scores.max(dim=1)
+    which = (end_scores[:, 1] > end_scores[:, 0]).long()  # a tie ends in the closing blank
+    best_end = end_scores.gather(1, which.unsqueeze(1)).squeeze(1)
     dead = (best_end == -math.inf) & (il > 0)
     if bool(dead.any()):
         b = int(dead.nonzero()[0, 0])
