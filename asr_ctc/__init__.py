@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .align import forced_align
 from .ctc import CTCLoss, ctc_loss
 
-__all__ = ["CTCLoss", "ctc_loss", "__version__"]
+__all__ = ["CTCLoss", "ctc_loss", "forced_align", "__version__"]
