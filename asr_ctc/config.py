@@ -133,6 +133,36 @@ class LossConfig:
     zero_infinity: bool = True
 
 
+DECODERS = ("greedy", "beam", "lm")
+
+
+@dataclass
+class DecodingConfig:
+    """How the inference job decodes (the in-training evaluation is always greedy: it is fast).
+
+    ``decoder``: ``greedy`` (best class per frame), ``beam`` (beam search constrained to the lexicon of
+    the training words) or ``lm`` (the same with the word n-gram LM that fine-tuning writes to ``lm/``).
+    ``lm_weight``/``word_score``: null takes the values ``inference --tune-lm`` saved with the model, else
+    1.0 / 0.0. ``lm_order``: the n-gram order fine-tuning builds.
+    """
+
+    decoder: str = "greedy"
+    beam_size: int = 100
+    beam_threshold: float = 25.0
+    lm_weight: float | None = None
+    word_score: float | None = None
+    lm_order: int = 3
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            choices = ", ".join(DECODERS)
+            raise ConfigError(f"decoding.decoder: expected one of {choices}, got {self.decoder!r}")
+        if self.beam_size < 1:
+            raise ConfigError(f"decoding.beam_size: expected >= 1, got {self.beam_size}")
+        if self.lm_order < 1:
+            raise ConfigError(f"decoding.lm_order: expected >= 1, got {self.lm_order}")
+
+
 @dataclass
 class ExperimentConfig:
     """A whole fine-tuning run."""
@@ -141,6 +171,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
     training: dict[str, Any] = field(default_factory=dict)
     # Directory the config file was read from: relative manifest paths are resolved against it.
     base_dir: str = "."
@@ -284,6 +315,8 @@ def _validate(cfg: ExperimentConfig, check_files: bool) -> None:
             if split == "train" or src.manifest is not None:
                 raise ConfigError(f"data.{split}: set exactly one of manifest or hub_name")
             continue
+        if src.streaming and src.hub_name is None:
+            raise ConfigError(f"data.{split}.streaming: only a hub_name source can be streamed")
         if src.manifest is not None and check_files:
             path = cfg.resolve(src.manifest)
             if not path.is_file():

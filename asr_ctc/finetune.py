@@ -21,7 +21,7 @@ from .data.dataset import open_split, open_streaming_split, streaming_texts
 from .data.index import load_source_index
 from .data.vocab import build_processor, build_vocab
 from .decode import collapse, wer_cer
-from .io import atomic_write_text
+from .fileio import atomic_write_text
 from .modeling import build_model
 from .plots import plot_training_curves
 from .trainer import CTCTrainer

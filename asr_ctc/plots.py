@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .decode import TimedWord, token_spans
-from .io import atomic_write
+from .fileio import atomic_write
 
 
 def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, title: str = "") -> bool:

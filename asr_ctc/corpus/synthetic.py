@@ -36,7 +36,7 @@ from asr_ctc.corpus.espeak import ESpeakSynthesizer, list_language_voices, list_
 from asr_ctc.corpus.grammar import generate_sentences, split_sentences
 from asr_ctc.data.audio import resample
 from asr_ctc.data.manifest import write_manifest
-from asr_ctc.io import atomic_write, atomic_write_text
+from asr_ctc.fileio import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from asr_ctc.io import atomic_write_text
+from asr_ctc.fileio import atomic_write_text
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
 _FORBIDDEN_TSV_CHARS = ("\t", "\n", "\r")

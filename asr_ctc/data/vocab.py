@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
-from ..io import atomic_write_text
+from ..fileio import atomic_write_text
 
 PAD_TOKEN = "<pad>"  # also the CTC blank: id 0
 UNK_TOKEN = "<unk>"
