@@ -72,12 +72,16 @@ _FLASHLIGHT_HINT = 'beam and LM decoding need flashlight-text: pip install "asr-
 
 
 def _import_flashlight():
-    """flashlight-text's decoder and dictionary modules, imported on first use (an optional extra)."""
+    """flashlight-text's decoder and dictionary modules and its KenLM class, imported on first use."""
     try:
         from flashlight.lib.text import decoder, dictionary
     except ImportError as exc:
         raise ImportError(_FLASHLIGHT_HINT) from exc
-    return decoder, dictionary
+    try:  # KenLM's own module in recent flashlight-text; the old path still works but warns
+        from flashlight.lib.text.decoder.kenlm import KenLM
+    except ImportError:
+        KenLM = decoder.KenLM
+    return decoder, dictionary, KenLM
 
 
 def read_lexicon(path: str | os.PathLike) -> dict[str, list[list[str]]]:
@@ -146,7 +150,7 @@ class BeamSearchDecoder:
         sil_score: float = 0.0,
         unk_word: str = "<unk>",
     ) -> None:
-        fl_decoder, fl_dictionary = _import_flashlight()
+        fl_decoder, fl_dictionary, kenlm_class = _import_flashlight()
         tokens = list(tokens)
         if len(set(tokens)) != len(tokens) or not tokens:
             raise ValueError("tokens: expected a non-empty list of distinct tokens in id order")
@@ -174,7 +178,7 @@ class BeamSearchDecoder:
             words.add_entry(unk_word)
         words.set_default_index(words.get_index(unk_word))
         self._words = words
-        self._lm = fl_decoder.KenLM(str(lm_path), words) if lm_path is not None else fl_decoder.ZeroLM()
+        self._lm = kenlm_class(str(lm_path), words) if lm_path is not None else fl_decoder.ZeroLM()
 
         # Trie over token ids; each word node carries its unigram LM score, and smearing (MAX) pushes the
         # best word score below a node up to it, so partial words compete with an LM look-ahead.
@@ -260,8 +264,8 @@ class BeamSearchDecoder:
             lengths = torch.full((log_probs.shape[0],), log_probs.shape[1], dtype=torch.long)
         if lengths.shape != (log_probs.shape[0],):
             raise ValueError(f"lengths: expected shape ({log_probs.shape[0]},), got {tuple(lengths.shape)}")
-        if int(lengths.max(initial=0) if lengths.numel() else 0) > log_probs.shape[1]:
-            raise ValueError(f"lengths: a length exceeds the {log_probs.shape[1]} frames of log_probs")
+        if lengths.numel() and (int(lengths.max()) > log_probs.shape[1] or int(lengths.min()) < 0):
+            raise ValueError(f"lengths: expected values in [0, {log_probs.shape[1]}] (frames of log_probs)")
         return [self.decode_one(row[: int(n)])[0] for row, n in zip(log_probs, lengths.cpu(), strict=True)]
 
 

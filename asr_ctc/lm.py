@@ -90,7 +90,7 @@ class NGramModel:
             raise ValueError("word: <s> is never predicted (it is only a context)")
         word = word if word in self.vocab else UNK
         ctx = tuple(w if (w in self.vocab or w == BOS) else UNK for w in context)
-        ctx = ctx[len(ctx) - (self.order - 1) :] if self.order > 1 else ()
+        ctx = ctx[max(0, len(ctx) - (self.order - 1)) :]
         backoff = 0.0
         # Longest listed n-gram ending in `word` wins; each context given up on the way adds its backoff.
         while True:
