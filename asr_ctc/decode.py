@@ -194,26 +194,34 @@ class BeamSearchDecoder:
                 trie.insert([token_ids[t] for t in spelling], word_id, score)
         trie.smear(fl_decoder.SmearingMode.MAX)
 
-        options = fl_decoder.LexiconDecoderOptions(
-            beam_size=beam_size,
-            beam_size_token=beam_size_token if beam_size_token is not None else len(tokens),
-            beam_threshold=beam_threshold,
-            lm_weight=lm_weight,
-            word_score=word_score,
-            unk_score=unk_score,
-            sil_score=sil_score,
+        self._fl = fl_decoder
+        self._trie = trie
+        self._unk_id = words.get_index(unk_word)
+        self.beam_size = beam_size
+        self.beam_size_token = beam_size_token if beam_size_token is not None else len(tokens)
+        self.beam_threshold = beam_threshold
+        self.unk_score = unk_score
+        self.sil_score = sil_score
+        self.set_weights(lm_weight, word_score)
+
+    def set_weights(self, lm_weight: float, word_score: float) -> None:
+        """Use a new LM weight and word score, keeping the lexicon trie and the loaded LM (cheap: tuning)."""
+        self.lm_weight = float(lm_weight)
+        self.word_score = float(word_score)
+        options = self._fl.LexiconDecoderOptions(
+            beam_size=self.beam_size,
+            beam_size_token=self.beam_size_token,
+            beam_threshold=self.beam_threshold,
+            lm_weight=self.lm_weight,
+            word_score=self.word_score,
+            unk_score=self.unk_score,
+            sil_score=self.sil_score,
             log_add=False,
-            criterion_type=fl_decoder.CriterionType.CTC,
+            criterion_type=self._fl.CriterionType.CTC,
         )
-        self._decoder = fl_decoder.LexiconDecoder(
-            options,
-            trie,
-            self._lm,
-            token_ids[word_delimiter],
-            blank_id,
-            words.get_index(unk_word),
-            [],
-            False,
+        # The trie's smeared scores are raw LM scores: flashlight multiplies them by lm_weight itself.
+        self._decoder = self._fl.LexiconDecoder(
+            options, self._trie, self._lm, self.delimiter_id, self.blank_id, self._unk_id, [], False
         )
 
     def decode_one(self, log_probs: torch.Tensor) -> tuple[str, list[int]]:
@@ -281,7 +289,8 @@ def tune_lm_weights(
 
     Args:
         decode_fn: ``decode_fn(lm_weight, word_score, log_probs, lengths) -> transcripts`` for one batch,
-            e.g. building (or re-configuring) a :class:`BeamSearchDecoder` with those weights.
+            e.g. ``decoder.set_weights(lm_weight, word_score); return decoder.decode(log_probs, lengths)``
+            with one :class:`BeamSearchDecoder` (the LM is loaded once).
         log_probs_list: batches, each (B, T, C) float32 log-probabilities.
         lengths: per batch, (B,) int64 valid frames.
         references: the reference transcripts of all utterances, in batch order.

@@ -36,7 +36,7 @@ import json
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,12 +107,13 @@ class NGramModel:
         return sum(self.log10_prob(w, words[:i]) for i, w in enumerate(words) if i > 0)
 
 
-def _discounts(count_of_counts: Counter) -> tuple[tuple[float, float, float], bool]:
+def _discounts(count_of_counts: Mapping[int, int]) -> tuple[tuple[float, float, float], bool]:
     """Chen & Goodman's D1, D2, D3+ from n1..n4; the fallback (and True) when they are degenerate.
 
-    Tiny corpora can have no n-gram seen exactly twice, three or four times (division by zero), or counts
-    that make a discount leave ``(0, k]`` for count ``k`` (a negative or over-large discount breaks the
-    probability mass accounting); both cases use :data:`FALLBACK_DISCOUNTS`, as ``lmplz --discount_fallback``.
+    Degenerate: one of n1..n4 is zero (tiny corpora, or small closed vocabularies whose unigrams all have
+    many continuations), so a formula divides by zero or estimates from nothing; or a discount falls
+    outside ``(0, k]`` for count ``k`` (a negative or over-large discount breaks the probability mass
+    accounting). Both use :data:`FALLBACK_DISCOUNTS`, as ``lmplz --discount_fallback`` does.
     """
     n1, n2, n3, n4 = (count_of_counts.get(k, 0) for k in (1, 2, 3, 4))
     if min(n1, n2, n3, n4) == 0:

@@ -84,7 +84,7 @@ def test_hand_computed_probabilities():
     """Trigram model of TOY, worked out with the formulas of the module docstring.
 
     Tokens: 4 x "<s> a b c </s>", "<s> a b d </s>", "<s> b c </s>", "<s> a c </s>".
-    Every order has no n-gram with adjusted count 2 or 3 somewhere, so all use the fallback (0.5, 1, 1.5).
+    Each order lacks n-grams of adjusted count 2 or 3, so all use the fallback discounts (0.5, 1, 1.5).
 
     Trigrams (raw counts): <s> a b 5, a b c 4, b c </s> 5, a b d 1, b d </s> 1, <s> b c 1, <s> a c 1,
     a c </s> 1.
@@ -321,10 +321,8 @@ def test_lm_picks_the_likely_word(tmp_path):
     assert BeamSearchDecoder(**common, lm_path=out / "lm.arpa", lm_weight=0.0).decode_one(lp)[0] == "the cot"
 
     def decode_fn(lm_weight, word_score, log_probs, lengths):
-        decoder = BeamSearchDecoder(
-            **common, lm_path=out / "lm.arpa", beam_size=20, lm_weight=lm_weight, word_score=word_score
-        )
-        return decoder.decode(log_probs, lengths)
+        with_lm.set_weights(lm_weight, word_score)
+        return with_lm.decode(log_probs, lengths)
 
     batch = [lp[None]]
     best_w, best_s, table = tune_lm_weights(
