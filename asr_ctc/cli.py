@@ -132,3 +132,62 @@ def inference_main(argv: list[str] | None = None) -> int:
     print(f"per-utterance transcripts: {result.transcripts_path}")
     print(f"summary: {result.summary_path}")
     return 0
+
+
+def build_lm_main(argv: list[str] | None = None) -> int:
+    """``asr-ctc-build-lm (--model DIR | --vocab FILE) (--text FILE | --manifest FILE) [--order N]``."""
+    parser = argparse.ArgumentParser(
+        prog="build_lm",
+        description="Build a word n-gram LM (modified Kneser-Ney, ARPA) and a lexicon for beam search.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="fine-tuned model directory; its vocab.json is read")
+    source.add_argument("--vocab", help="vocab.json of the acoustic model")
+    texts = parser.add_mutually_exclusive_group(required=True)
+    texts.add_argument("--text", help="text file, one normalised transcript per line")
+    texts.add_argument("--manifest", help="manifest (.tsv/.csv/.jsonl) whose transcripts train the LM")
+    parser.add_argument("--text-column", default="text", help="transcript column of --manifest")
+    parser.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    parser.add_argument("--out-dir", help="output directory (default: MODEL/lm; required with --vocab)")
+    args = parser.parse_args(argv)
+    _setup_logging()
+    import json
+    from pathlib import Path
+
+    from .data.manifest import ManifestError, read_manifest
+    from .data.text import normalize_text
+    from .lm import build_lm_dir
+
+    vocab_path = Path(args.model) / "vocab.json" if args.model else Path(args.vocab)
+    if args.out_dir is None and args.model is None:
+        return _fail(ValueError("--out-dir: required with --vocab"))
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.model) / "lm"
+    if args.order < 1:
+        return _fail(ValueError(f"--order: expected an integer >= 1, got {args.order}"))
+    try:
+        if not vocab_path.is_file():
+            raise ValueError(f"{vocab_path}: vocabulary file not found")
+        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+        if args.text:
+            text_path = Path(args.text)
+            if not text_path.is_file():
+                raise ValueError(f"--text: {text_path} not found")
+            lines = text_path.read_text(encoding="utf-8").splitlines()
+            source_name = str(text_path)
+        else:
+            rows = read_manifest(args.manifest, text_column=args.text_column)
+            lines = [row["text"] for row in rows]
+            source_name = f"{args.manifest} (column {args.text_column})"
+        # The transcripts are expected normalised already; collapsing whitespace again is harmless and
+        # keeps a stray double space from becoming an empty word. Case is left as given.
+        sentences = [normalize_text(line, lowercase=False) for line in lines]
+        build_lm_dir(sentences, out_dir, vocab, order=args.order, source=source_name)
+    except (ManifestError, ValueError, json.JSONDecodeError) as exc:
+        return _fail(exc)
+    info = json.loads((out_dir / "lm.json").read_text(encoding="utf-8"))
+    print(
+        f"{args.order}-gram LM: n-grams {info['ngram_counts']}, lexicon {info['lexicon_words']} words "
+        f"({info['words_not_in_lexicon']} left out: characters outside the vocabulary)"
+    )
+    print(f"written: {out_dir / 'lm.arpa'}, {out_dir / 'lexicon.txt'}, {out_dir / 'lm.json'}")
+    return 0

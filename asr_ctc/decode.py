@@ -1,9 +1,11 @@
-"""Greedy CTC decoding and word/character error rates."""
+"""Decoding and scoring: greedy CTC decoding, lexicon/LM beam search, alignment spans and timestamps,
+word/character error rates. The jobs (training metrics, inference) only call what is here."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import jiwer
@@ -224,3 +226,258 @@ def wer_cer(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[float
     return float(jiwer.wer(list(references), list(hypotheses))), float(
         jiwer.cer(list(references), list(hypotheses))
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Beam search with a lexicon and an optional word n-gram LM (flashlight-text), and tuning its weights.
+# ---------------------------------------------------------------------------------------------------------
+
+# Log-probability of an impossible class: finite, so that flashlight's score arithmetic never meets inf - inf.
+_IMPOSSIBLE = -1e9
+_FLASHLIGHT_HINT = 'beam and LM decoding need flashlight-text: pip install "asr-ctc[lm]"'
+
+
+def _import_flashlight():
+    """flashlight-text's decoder and dictionary modules and its KenLM class, imported on first use."""
+    try:
+        from flashlight.lib.text import decoder, dictionary
+    except ImportError as exc:
+        raise ImportError(_FLASHLIGHT_HINT) from exc
+    try:  # KenLM's own module in recent flashlight-text; the old path still works but warns
+        from flashlight.lib.text.decoder.kenlm import KenLM
+    except ImportError:
+        KenLM = decoder.KenLM
+    return decoder, dictionary, KenLM
+
+
+def read_lexicon(path: str | os.PathLike) -> dict[str, list[list[str]]]:
+    """Read a flashlight lexicon: ``word<TAB>t o k e n s`` per line, a word may have several spellings.
+
+    Raises:
+        ValueError: a line with a word but no spelling, or a file without any entry.
+    """
+    lexicon: dict[str, list[list[str]]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2:
+                raise ValueError(f"{path}, line {line_number}: expected a word and a spelling, got {line!r}")
+            lexicon.setdefault(fields[0], []).append(fields[1:])
+    if not lexicon:
+        raise ValueError(f"{path}: lexicon has no entries")
+    return lexicon
+
+
+class BeamSearchDecoder:
+    """CTC beam search constrained to a lexicon, with an optional word n-gram LM (flashlight's decoder).
+
+    A hypothesis may only spell words of the lexicon; each word it completes adds
+    ``lm_weight * log10 p_LM(word | history) + word_score`` to its acoustic log-probability (KenLM scores
+    are log10). Without ``lm_path`` the LM is flashlight's ``ZeroLM`` (``decoder: beam``): the lexicon
+    constraint alone, with ``word_score`` as an insertion bonus; with an ARPA file it is KenLM
+    (``decoder: lm``).
+
+    Args:
+        tokens: the CTC vocabulary's tokens in id order (``tokens[i]`` is class ``i``).
+        blank_id: the CTC blank's id.
+        word_delimiter: the token that separates words (``|``); every lexicon spelling ends with it.
+        lexicon_path: flashlight lexicon (:func:`asr_ctc.lm.write_lexicon`).
+        lm_path: ARPA (or KenLM binary) file, or None for no LM.
+        beam_size: hypotheses kept per frame.
+        beam_size_token: tokens tried per frame (default: all).
+        beam_threshold: hypotheses more than this far (in score) below the best are dropped.
+        lm_weight: weight of the LM's log10 score.
+        word_score: added per emitted word.
+        unk_score: score for a word outside the lexicon (``-inf``: never emitted).
+        sil_score: added when the word delimiter is emitted outside a word.
+        unk_word: the LM's unknown-word token.
+
+    Raises:
+        ImportError: flashlight-text is not installed.
+        ValueError: bad token list, ids or parameters; a lexicon spelling with a token outside ``tokens``.
+        FileNotFoundError: a missing lexicon or LM file.
+    """
+
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        blank_id: int,
+        word_delimiter: str,
+        lexicon_path: str | os.PathLike,
+        lm_path: str | os.PathLike | None = None,
+        beam_size: int = 100,
+        beam_size_token: int | None = None,
+        beam_threshold: float = 25.0,
+        lm_weight: float = 1.0,
+        word_score: float = 0.0,
+        unk_score: float = float("-inf"),
+        sil_score: float = 0.0,
+        unk_word: str = "<unk>",
+    ) -> None:
+        fl_decoder, fl_dictionary, kenlm_class = _import_flashlight()
+        tokens = list(tokens)
+        if len(set(tokens)) != len(tokens) or not tokens:
+            raise ValueError("tokens: expected a non-empty list of distinct tokens in id order")
+        if not 0 <= blank_id < len(tokens):
+            raise ValueError(f"blank_id: expected an id in [0, {len(tokens)}), got {blank_id}")
+        if word_delimiter not in tokens:
+            raise ValueError(f"word_delimiter: {word_delimiter!r} is not one of the tokens")
+        if beam_size < 1:
+            raise ValueError(f"beam_size: expected >= 1, got {beam_size}")
+        for name, path in (("lexicon_path", lexicon_path), ("lm_path", lm_path)):
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(f"{name}: no file {path}")
+        self.tokens = tokens
+        self.blank_id = blank_id
+        self.delimiter_id = tokens.index(word_delimiter)
+        token_ids = {t: i for i, t in enumerate(tokens)}
+        lexicon = read_lexicon(lexicon_path)
+
+        # The word dictionary is ours (not create_word_dict): it must contain the unknown word so that KenLM
+        # maps LM words missing from the lexicon, and the decoder's unk index, somewhere valid.
+        words = fl_dictionary.Dictionary()
+        for word in lexicon:
+            words.add_entry(word)
+        if not words.contains(unk_word):
+            words.add_entry(unk_word)
+        words.set_default_index(words.get_index(unk_word))
+        self._words = words
+        self._lm = kenlm_class(str(lm_path), words) if lm_path is not None else fl_decoder.ZeroLM()
+
+        # Trie over token ids; each word node carries its unigram LM score, and smearing (MAX) pushes the
+        # best word score below a node up to it, so partial words compete with an LM look-ahead.
+        trie = fl_decoder.Trie(len(tokens), token_ids[word_delimiter])
+        start = self._lm.start(False)
+        for word, spellings in lexicon.items():
+            word_id = words.get_index(word)
+            _, score = self._lm.score(start, word_id)
+            for spelling in spellings:
+                missing = [t for t in spelling if t not in token_ids]
+                if missing:
+                    raise ValueError(f"lexicon_path: {word!r} is spelled with unknown tokens {missing}")
+                trie.insert([token_ids[t] for t in spelling], word_id, score)
+        trie.smear(fl_decoder.SmearingMode.MAX)
+
+        self._fl = fl_decoder
+        self._trie = trie
+        self._unk_id = words.get_index(unk_word)
+        self.beam_size = beam_size
+        self.beam_size_token = beam_size_token if beam_size_token is not None else len(tokens)
+        self.beam_threshold = beam_threshold
+        self.unk_score = unk_score
+        self.sil_score = sil_score
+        self.set_weights(lm_weight, word_score)
+
+    def set_weights(self, lm_weight: float, word_score: float) -> None:
+        """Use a new LM weight and word score, keeping the lexicon trie and the loaded LM (cheap: tuning)."""
+        self.lm_weight = float(lm_weight)
+        self.word_score = float(word_score)
+        options = self._fl.LexiconDecoderOptions(
+            beam_size=self.beam_size,
+            beam_size_token=self.beam_size_token,
+            beam_threshold=self.beam_threshold,
+            lm_weight=self.lm_weight,
+            word_score=self.word_score,
+            unk_score=self.unk_score,
+            sil_score=self.sil_score,
+            log_add=False,
+            criterion_type=self._fl.CriterionType.CTC,
+        )
+        # The trie's smeared scores are raw LM scores: flashlight multiplies them by lm_weight itself.
+        self._decoder = self._fl.LexiconDecoder(
+            options, self._trie, self._lm, self.delimiter_id, self.blank_id, self._unk_id, [], False
+        )
+
+    def decode_one(self, log_probs: torch.Tensor) -> tuple[str, list[int]]:
+        """Best transcript of one utterance.
+
+        Args:
+            log_probs: (T, C) float, the utterance's real frames only.
+
+        Returns:
+            the words joined by single spaces, and the collapsed token ids of the best path.
+        """
+        if log_probs.dim() != 2 or log_probs.shape[1] != len(self.tokens):
+            raise ValueError(f"log_probs: expected (T, {len(self.tokens)}), got {tuple(log_probs.shape)}")
+        num_frames = log_probs.shape[0]
+        if num_frames == 0:
+            return "", []
+        # One extra frame where only the word delimiter is possible: the lexicon spells every word with a
+        # trailing delimiter, but CTC targets (and so the model's output) have none after the last word; the
+        # decoder would drop an utterance's last word when it has no frame left to close it.
+        end = torch.full((1, len(self.tokens)), _IMPOSSIBLE, dtype=torch.float32)
+        end[0, self.delimiter_id] = 0.0
+        emissions = torch.cat([log_probs.detach().to(device="cpu", dtype=torch.float32), end]).contiguous()
+        # flashlight reads T x C floats straight from this address; `emissions` stays alive until it returns.
+        best = self._decoder.decode(emissions.data_ptr(), emissions.shape[0], emissions.shape[1])[0]
+        text = " ".join(self._words.get_entry(w) for w in best.words if w >= 0)
+        ids = collapse(list(best.tokens), self.blank_id)
+        # The path starts and ends at a word boundary (flashlight's sentence-start delimiter, our end frame);
+        # drop those so the ids read like the tokenizer's (no leading or trailing delimiter).
+        while ids and ids[0] == self.delimiter_id:
+            ids.pop(0)
+        while ids and ids[-1] == self.delimiter_id:
+            ids.pop()
+        return text, ids
+
+    def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor | None = None) -> list[str]:
+        """Best transcript of each utterance of a batch.
+
+        Args:
+            log_probs: (B, T, C) float32 log-probabilities (log-softmax of the logits).
+            lengths: (B,) int64, valid frames per utterance; all T when omitted.
+
+        Returns:
+            B transcripts (words joined by single spaces).
+        """
+        if log_probs.dim() != 3:
+            raise ValueError(f"log_probs: expected (B, T, C), got shape {tuple(log_probs.shape)}")
+        if lengths is None:
+            lengths = torch.full((log_probs.shape[0],), log_probs.shape[1], dtype=torch.long)
+        if lengths.shape != (log_probs.shape[0],):
+            raise ValueError(f"lengths: expected shape ({log_probs.shape[0]},), got {tuple(lengths.shape)}")
+        if lengths.numel() and (int(lengths.max()) > log_probs.shape[1] or int(lengths.min()) < 0):
+            raise ValueError(f"lengths: expected values in [0, {log_probs.shape[1]}] (frames of log_probs)")
+        return [self.decode_one(row[: int(n)])[0] for row, n in zip(log_probs, lengths.cpu(), strict=True)]
+
+
+def tune_lm_weights(
+    decode_fn: Callable[[float, float, torch.Tensor, torch.Tensor], list[str]],
+    log_probs_list: Sequence[torch.Tensor],
+    lengths: Sequence[torch.Tensor],
+    references: Sequence[str],
+    lm_weights: Sequence[float],
+    word_scores: Sequence[float],
+) -> tuple[float, float, list[dict[str, float]]]:
+    """Grid search of the LM weight and word score minimising the corpus WER (ties: lower CER, then order).
+
+    Args:
+        decode_fn: ``decode_fn(lm_weight, word_score, log_probs, lengths) -> transcripts`` for one batch,
+            e.g. ``decoder.set_weights(lm_weight, word_score); return decoder.decode(log_probs, lengths)``
+            with one :class:`BeamSearchDecoder` (the LM is loaded once).
+        log_probs_list: batches, each (B, T, C) float32 log-probabilities.
+        lengths: per batch, (B,) int64 valid frames.
+        references: the reference transcripts of all utterances, in batch order.
+        lm_weights: values to try for the LM weight.
+        word_scores: values to try for the word score.
+
+    Returns:
+        the best ``lm_weight`` and ``word_score`` and the table of every point
+        (dicts with ``lm_weight``, ``word_score``, ``wer``, ``cer``) in grid order.
+    """
+    if len(log_probs_list) != len(lengths):
+        raise ValueError(f"lengths: {len(lengths)} batches but log_probs_list: {len(log_probs_list)}")
+    if not lm_weights or not word_scores:
+        raise ValueError("lm_weights, word_scores: expected at least one value each")
+    table: list[dict[str, float]] = []
+    for lm_weight in lm_weights:
+        for word_score in word_scores:
+            hyps: list[str] = []
+            for batch, n in zip(log_probs_list, lengths, strict=True):
+                hyps.extend(decode_fn(lm_weight, word_score, batch, n))
+            wer, cer = wer_cer(references, hyps)
+            table.append({"lm_weight": lm_weight, "word_score": word_score, "wer": wer, "cer": cer})
+    best = min(table, key=lambda row: (row["wer"], row["cer"]))
+    return best["lm_weight"], best["word_score"], table
