@@ -22,6 +22,8 @@ from .data.index import load_source_index
 from .data.vocab import build_processor, build_vocab
 from .decode import collapse, wer_cer
 from .fileio import atomic_write_text
+from .inference import LM_DIR
+from .lm import build_lm_dir
 from .modeling import build_model
 from .plots import plot_training_curves
 from .trainer import CTCTrainer
@@ -220,4 +222,23 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
             out / "training_curves.png",
             title=f"{out.name}: loss.impl={cfg.loss.impl}",
         )
+        write_lm(cfg, out, tokenizer, train_ds.texts if not streaming else streaming_texts(data.train, data))
+    if args.push_to_hub:  # after lm/ is written, so the LM and the processor go up with the model
+        trainer.push_to_hub()
     return FinetuneResult(out, metrics, trainer.is_world_process_zero())
+
+
+def write_lm(cfg: ExperimentConfig, out: Path, tokenizer: Any, texts: Iterable[str]) -> Path | None:
+    """The word n-gram LM and the lexicon of the training transcripts, in ``out/lm`` (for ``inference
+    --decoder lm``); skipped for a tokenizer with no word delimiter (no words to spell)."""
+    delimiter = getattr(tokenizer, "word_delimiter_token", None)
+    vocab = tokenizer.get_vocab()
+    if delimiter not in vocab:
+        logger.info("no %s/: the tokenizer has no word delimiter", LM_DIR)
+        return None
+    source = cfg.data.train.manifest or cfg.data.train.hub_name
+    lm_dir = build_lm_dir(list(texts), out / LM_DIR, vocab, cfg.decoding.lm_order, delimiter, source)
+    logger.info(
+        "wrote a %d-gram LM and lexicon of the training transcripts to %s", cfg.decoding.lm_order, lm_dir
+    )
+    return lm_dir
