@@ -55,7 +55,7 @@ _MIN_BLOCK, _MAX_BLOCK, _BLOCK_DIVISOR = 16, 64, 8
 # has no alignment: loss inf, like a target too long for its frames. Real log-likelihoods never come near
 # (-1e29 would take 1e27 frames at -100 each); a target only reaches it through a class masked with a huge
 # negative logit (-1e30, finfo.min, -inf), which every convention means as "cannot be emitted". torch,
-# which has no sentinel, returns that masked value as a finite loss instead (README, "Semantics").
+# which has no sentinel, returns that masked value as a finite loss instead (README, "Masked classes").
 _LOG_ZERO, _DEAD = -1e30, -1e29
 
 
@@ -570,8 +570,7 @@ def ctc_loss(
     exceeds ``1e29`` (compared in float32, or float64 for float64 input). The second case is only reached
     through classes masked with huge negative values (logits or log-probs of ``-1e30``, ``finfo.min``),
     which this loss treats like ``-inf``: "cannot be emitted". Where torch returns that masked value as a
-    finite loss (about ``1e30``), this loss returns ``inf``. Below ``1e29`` losses and gradients are
-    torch's.
+    finite loss (about ``1e30``), this loss returns ``inf``. Below ``1e29`` the losses are torch's.
 
     Raises:
         ValueError: naming the offending argument, for any input torch would reject or mis-handle.
