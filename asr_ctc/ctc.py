@@ -1,35 +1,32 @@
 """The production CTC loss: exact, fast on CPU, a drop-in for :class:`torch.nn.CTCLoss`.
 
-Notation: a target of ``L`` labels is searched over ``2L + 1`` states (blanks around and between the
-labels, :func:`asr_ctc.ctc_states.interleave_blanks`). ``alpha_t(s)`` is the total probability of the path
-prefixes in state ``s`` at frame ``t`` (emission at ``t`` included), ``beta_t(s)`` the same for the suffixes.
-The transitions form a band (stay, ``+1``, and ``+2`` into a label that differs from the label two states
-back), so a step of either recursion is ``O(B * S)`` work and no ``S x S`` matrix is ever built.
+How it is computed, and why (log space, one time loop for both recursions, half a lattice, the row layout,
+the avoided slow floating-point paths, with measurements): README.md, section "The production CTC loss",
+"How it works". That text is the one full description; this docstring keeps the symbols and the math.
 
-How it is computed (the alternatives were measured; numbers in ``docs_snippets/ctc_readme.md``):
+Symbols, used throughout this module:
 
-* **Log space**, with ``torch.logaddexp`` (one fused op) for the band. Probability space with per-step
-  rescaling has cheaper steps but, in float32, a row cannot hold the states that matter for the posteriors:
-  alpha and beta peak at different states, often more than 1e38 apart, and on the (16, 500, 32, 100)
-  benchmark 15 of 16 sequences lost posterior mass at some frame. float64 fixes that but doubles the memory.
-* **One time loop for both recursions.** ``beta`` is the forward recursion of the time-reversed problem,
-  with the band running down the states. Both are the halves of one ``(2, B, S)`` batch, so a step is four
-  tensor ops on views prepared before the loop.
-* **Half a lattice.** From step ``T // 2`` on, each step's band meets a stored row of the other recursion at
-  the same frames and yields their posteriors at once, so only the first half of the rows is ever stored
-  (peak memory below torch's, which keeps both full tables). That work is done a block of steps at a time.
-* **Layout.** A lattice row is ``[padding | forward half | reversed half | padding]`` with each half one
-  contiguous run, so the ``s -+ 1`` / ``s -+ 2`` neighbours are strided views of the previous row
-  (:func:`_states_view`) and the kernels see long contiguous runs (1.3-1.8x faster ``logaddexp`` than with
-  padding between the sequences).
-* **No slow floating-point paths.** "log 0" is ``-1e30``, not ``-inf``, and exponents are floored at the
-  smallest normal float: ``exp`` of ``-inf`` or of an underflowing value runs 3-10x slower on x86.
-* **Gradient in the forward pass.** The posteriors come out of the loop; the backward only scales them.
+* ``T``: frames (``log_probs.shape[0]``); ``T_b``: the input length of sequence ``b``.
+* ``B``: batch size; ``C``: classes, the blank included.
+* ``L_b``: the length of target ``b``; ``W``: the width of padded targets, ``(B, W)``, ``W >= max L_b``.
+* ``S``: states per sequence in the lattice, ``2 * max(L_b) + 3``: the ``2 L_b + 1`` CTC states of target
+  ``b`` (blanks around and between the labels, :func:`asr_ctc.ctc_states.interleave_blanks`), padding up to
+  ``2 * max(L_b) + 1``, then two spare states (:class:`_States`).
+* Step ``k`` of the time loop: alpha at frame ``k`` and beta at frame ``T - 1 - k``.
+* "log 0": :data:`_LOG_ZERO`; a loss above ``-_DEAD`` means "no alignment" (see the constants).
+
+``alpha_t(s)`` is the total probability of the path prefixes in state ``s`` at frame ``t`` (emission at
+``t`` included), ``beta_t(s)`` the same for the suffixes. The transitions form a band (stay, ``+1``, and
+``+2`` into a label that differs from the label two states back), so a step of either recursion is
+``O(B * S)`` work and no ``S x S`` matrix is ever built. ``beta`` runs as the forward recursion of the
+time-reversed problem, so both are the two halves of one ``(2, B, S)`` batch.
 
 The gradient is the true derivative with respect to ``log_probs``:
-``d(-log p)/d log_probs[t, b, c] = -sum_{s: label(s) = c} gamma_t(s)`` with ``gamma`` the state posteriors.
-Through ``log_softmax`` this equals :func:`torch.nn.functional.ctc_loss`'s gradient; on raw log-probs it
-also passes :func:`torch.autograd.gradcheck`, which torch's (``exp(log_probs) - gamma``) does not.
+``d(-log p)/d log_probs[t, b, c] = -sum_{s: label(s) = c} gamma_t(s)`` with ``gamma_t(s) = alpha_t(s)
+beta_t(s) / (p * y_t(s))`` the state posteriors (``y_t(s)`` the emission, counted once). Through
+``log_softmax`` this equals :func:`torch.nn.functional.ctc_loss`'s gradient; on raw log-probs it also passes
+:func:`torch.autograd.gradcheck`, which torch's (``exp(log_probs) - gamma``) does not. The posteriors come
+out of the forward pass; the backward only scales them.
 """
 
 from __future__ import annotations
@@ -53,7 +50,12 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MIN_BLOCK, _MAX_BLOCK, _BLOCK_DIVISOR = 16, 64, 8
 # "log 0" inside the lattice: a large finite number instead of -inf. It is absorbed by every sum and
 # logaddexp just the same, but -inf - -inf can never make NaN, and logaddexp with an -inf operand runs ~35%
-# slower. A log-probability below _DEAD means "impossible" (no real one comes near).
+# slower. The price: a sum of log-probabilities below _DEAD can no longer be told from "log 0", so a
+# sequence whose log-likelihood is below _DEAD (a loss above -_DEAD = 1e29, compared in the compute dtype)
+# has no alignment: loss inf, like a target too long for its frames. Real log-likelihoods never come near
+# (-1e29 would take 1e27 frames at -100 each); a target only reaches it through a class masked with a huge
+# negative logit (-1e30, finfo.min, -inf), which every convention means as "cannot be emitted". torch,
+# which has no sentinel, returns that masked value as a finite loss instead (README, "Masked classes").
 _LOG_ZERO, _DEAD = -1e30, -1e29
 
 
@@ -62,7 +64,7 @@ class _States:
     """The extended label sequences of a batch and their transitions.
 
     Attributes:
-        ext: (B, S) int64, class of each state, ``S = 2 * max(L) + 3``: the ``2L + 1`` CTC states, then a
+        ext: (B, S) int64, class of each state, ``S = 2 * max(L_b) + 3``: the ``2 L_b + 1`` CTC states, then a
             spare state that hosts the reversed recursion's start token and one that is never reachable.
             Padding states hold ``blank``; labels sit in the odd states, blanks in the even ones.
         n_states: (B,) int64, ``2 * L_b + 1``.
@@ -133,16 +135,17 @@ class _Emissions:
         states: the batch's :class:`_States`.
         input_lengths: (B,) int64, each >= 1.
         block: the most rows written at once.
-        clean: ``log_probs`` holds NaN or +-inf somewhere.
+        nonfinite: ``log_probs`` may hold NaN or +-inf (its sum is not finite).
     """
 
     def __init__(
-        self, log_probs: Tensor, states: _States, input_lengths: Tensor, block: int, clean: bool
+        self, log_probs: Tensor, states: _States, input_lengths: Tensor, block: int, nonfinite: bool
     ) -> None:
         frames, batch, n_classes = log_probs.shape
         n_states = states.ext.shape[1]
         device = log_probs.device
-        self.states, self.input_lengths, self.frames, self.clean = states, input_lengths, frames, clean
+        self.states, self.input_lengths, self.frames = states, input_lengths, frames
+        self.nonfinite = nonfinite
         offsets = torch.arange(batch, device=device).unsqueeze(1)
         if n_classes <= n_states:
             self.table, cols = log_probs.reshape(frames, batch * n_classes), states.ext + offsets * n_classes
@@ -174,10 +177,12 @@ class _Emissions:
         n = frame.shape[0]
         source = self.source[:n]
         torch.index_select(self.table, 0, frame.view(-1), out=source.view(2 * n, -1)[:, 1:])
-        if self.clean:
+        if self.nonfinite:
             # -inf is a legitimate log-probability ("log 0"); NaN and +inf make their sequence's results NaN
-            # (_nll_and_gamma) and are neutralised here so that they cannot spread to other sequences.
-            source.nan_to_num_(nan=_LOG_ZERO, posinf=_LOG_ZERO, neginf=_LOG_ZERO)
+            # (_nll_and_gamma) and are neutralised here so that they cannot spread to other sequences. The
+            # clamp keeps huge finite values (finfo.min masking, whose sum overflowed) from overflowing to
+            # -inf in the lattice; below _DEAD they mean "log 0" anyway.
+            source.nan_to_num_(nan=_LOG_ZERO, posinf=_LOG_ZERO, neginf=_LOG_ZERO).clamp_min_(_LOG_ZERO)
         if self.ragged:
             values = source[..., 1:].view(n, 2, self.input_lengths.numel(), -1)
             past = (frame.unsqueeze(-1) >= self.input_lengths).unsqueeze(-1)
@@ -198,7 +203,7 @@ def _block_steps(frames: int) -> int:
 
 
 def _forward_backward(
-    log_probs: Tensor, states: _States, input_lengths: Tensor, need_grad: bool, clean: bool
+    log_probs: Tensor, states: _States, input_lengths: Tensor, need_grad: bool, nonfinite: bool
 ) -> tuple[Tensor, Tensor | None]:
     """Negative log-likelihood and posteriors by the stacked log-space forward-backward recursion.
 
@@ -213,7 +218,7 @@ def _forward_backward(
         states: the batch's :class:`_States`.
         input_lengths: (B,) int64, each >= 1.
         need_grad: also compute the posteriors.
-        clean: ``log_probs`` holds NaN or +-inf somewhere (see :class:`_Emissions`).
+        nonfinite: ``log_probs`` may hold NaN or +-inf (see :class:`_Emissions`).
 
     Returns:
         ``(nll, gamma)``: (B,) ``log_probs.dtype`` (``inf`` without alignments) and, with ``need_grad``,
@@ -226,7 +231,7 @@ def _forward_backward(
     n_states = states.ext.shape[1]
     row = 2 * batch * n_states + 4
     block = _block_steps(frames)
-    emissions = _Emissions(log_probs, states, input_lengths, block, clean)
+    emissions = _Emissions(log_probs, states, input_lengths, block, nonfinite)
 
     # Step k writes lattice row k+1 (row 0 is the virtual row before step 0). Rows 1..kept are the partners
     # (row T-k) of the pairing steps k >= T//2 and are stored; every step runs in ring slot 1 + k % block,
@@ -355,11 +360,11 @@ def _nll_and_gamma(
     device = log_probs.device
     states = _build_states(targets, target_lengths, blank, log_probs.dtype)
     valid = torch.arange(frames, device=device).unsqueeze(1) < input_lengths.unsqueeze(0)
-    # One reduction tells whether anything is non-finite (an overflow to inf only costs the slower path).
-    clean = not bool(torch.isfinite(log_probs.sum()))
+    # One reduction tells whether anything may be non-finite (an overflow to inf only costs the slower path).
+    nonfinite = not bool(torch.isfinite(log_probs.sum()))
     has_frames = input_lengths > 0
     if batch and bool(has_frames.all()):
-        nll, gamma = _forward_backward(log_probs, states, input_lengths, need_grad, clean)
+        nll, gamma = _forward_backward(log_probs, states, input_lengths, need_grad, nonfinite)
     else:
         # No frames: the empty alignment has probability 1 for an empty target, 0 otherwise; no gradient.
         nll = torch.where(target_lengths == 0, 0.0, math.inf).to(log_probs.dtype)
@@ -369,12 +374,16 @@ def _nll_and_gamma(
         rows = has_frames.nonzero().squeeze(1)
         if rows.numel():
             sub_nll, sub_gamma = _forward_backward(
-                log_probs.index_select(1, rows), states.select(rows), input_lengths[rows], need_grad, clean
+                log_probs.index_select(1, rows),
+                states.select(rows),
+                input_lengths[rows],
+                need_grad,
+                nonfinite,
             )
             nll[rows] = sub_nll
             if gamma is not None:
                 gamma.index_copy_(1, rows, sub_gamma)
-    if clean:
+    if nonfinite:
         poisoned = ((log_probs.isnan() | log_probs.isposinf()) & valid.unsqueeze(-1)).any(2).any(0)
         nll = nll.masked_fill(poisoned, math.nan)
     if gamma is not None:
@@ -410,7 +419,7 @@ class _CTCFunction(torch.autograd.Function):
         # d nll_b / d log_probs[t, b, c] = -gamma[t, b, c]: the true derivative, valid for any log_probs.
         gamma, ext = ctx.saved_tensors
         grad = gamma * grad_nll.to(gamma.dtype).neg().view(1, -1, 1)
-        if gamma.shape[-1] != ctx.n_classes:  # stored per state (C > S'): fold into classes
+        if gamma.shape[-1] != ctx.n_classes:  # stored per state (C > S): fold into classes
             grad = states_to_classes(grad, ext.unsqueeze(0), ctx.n_classes)
         return grad.to(ctx.input_dtype), None, None, None, None, None
 
@@ -425,15 +434,16 @@ def _is_int(value: object) -> bool:
     return True
 
 
-def _lengths(value, name: str, batch: int, unbatched: bool, device: torch.device) -> Tensor:
-    """Lengths as a (B,) int64 tensor: ``value`` is a tensor, a sequence of ints, or (unbatched) an int."""
+def _lengths(value, name: str, batch: int, device: torch.device) -> Tensor:
+    """Lengths as a (B,) int64 tensor: ``value`` is a (B,) tensor or a sequence of ints; for a batch of one
+    (unbatched input, or B = 1) also a 0-d tensor or an int, as torch accepts."""
     if isinstance(value, Tensor):
         if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
             raise ValueError(f"{name} must hold integers, got dtype {value.dtype}")
-        if value.dim() > 1 or (value.dim() == 0 and not unbatched):
+        if value.dim() > 1 or (value.dim() == 0 and batch != 1):
             raise ValueError(f"{name} must have shape ({batch},), got {tuple(value.shape)}")
         out = value.to(device=device, dtype=torch.int64).reshape(-1)
-    elif _is_int(value) and unbatched:
+    elif _is_int(value) and batch == 1:
         out = torch.tensor([operator.index(value)], dtype=torch.int64, device=device)
     elif isinstance(value, Sequence) and all(_is_int(v) for v in value):
         out = torch.tensor([operator.index(v) for v in value], dtype=torch.int64, device=device)
@@ -453,7 +463,7 @@ def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction
 
     Returns:
         ``(log_probs, targets, input_lengths, target_lengths, unbatched)``: (T, B, C) view of the input,
-        (B, max L) int64 padded targets, (B,) int64, (B,) int64, and whether the input was unbatched.
+        (B, max L_b) int64 padded targets, (B,) int64, (B,) int64, and whether the input was unbatched.
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -482,8 +492,8 @@ def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction
     if targets.dtype == torch.bool:
         raise ValueError("targets must be an integer tensor, got dtype torch.bool")
     device = lp.device
-    il = _lengths(input_lengths, "input_lengths", batch, unbatched, device)
-    tl = _lengths(target_lengths, "target_lengths", batch, unbatched, device)
+    il = _lengths(input_lengths, "input_lengths", batch, device)
+    tl = _lengths(target_lengths, "target_lengths", batch, device)
     if bool((il > frames).any()):
         raise ValueError(
             f"input_lengths must be at most T = {frames} (log_probs.shape[0]), got {il.tolist()}"
@@ -514,7 +524,7 @@ def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction
         valid = torch.arange(max_len, device=device) < tl.unsqueeze(1)
         padded = targets[:, :max_len].masked_fill(~valid, blank)
     else:
-        expected = "1-D" if unbatched else "(B, S) or 1-D concatenated"
+        expected = "1-D" if unbatched else "(B, W) or 1-D concatenated"
         raise ValueError(
             f"targets must be {expected} for {lp.dim() - unbatched}-D log_probs, got {targets.dim()}-D"
         )
@@ -540,12 +550,13 @@ def ctc_loss(
     Args:
         log_probs: (T, B, C) or unbatched (T, C), float16, bfloat16, float32 or float64: per-frame class
             log-probabilities (normally ``log_softmax`` output; any values are differentiated exactly).
-        targets: (B, S) int padded targets (``S >= max(target_lengths)``), or 1-D int concatenated targets
+        targets: (B, W) int padded targets (``W >= max(target_lengths)``), or 1-D int concatenated targets
             of ``sum(target_lengths)`` entries (the only form for unbatched input). Ids lie in ``[0, C)`` and
             differ from ``blank`` within each target's length.
-        input_lengths: (B,) int tensor or sequence of ints (unbatched: a 0-d tensor or an int), each
-            ``<= T``; frames past a sequence's length are ignored and get zero gradient.
-        target_lengths: (B,) int tensor or sequence of ints (unbatched: 0-d or int), each ``>= 0``.
+        input_lengths: (B,) int tensor or sequence of ints (for a batch of one, unbatched or ``B = 1``,
+            also a 0-d tensor or an int), each ``<= T``; frames past a sequence's length are ignored and get
+            zero gradient.
+        target_lengths: (B,) int tensor or sequence of ints (batch of one: also 0-d or int), each ``>= 0``.
         blank: the blank class id, in ``[0, C)``.
         reduction: ``"none"``: (B,) per-sequence losses (a 0-d tensor unbatched); ``"sum"``: their sum;
             ``"mean"``: each loss divided by its target length clamped to ``>= 1``, averaged over the batch.
@@ -553,6 +564,13 @@ def ctc_loss(
 
     Returns:
         The loss, float32 for float16/bfloat16 input, otherwise ``log_probs.dtype``.
+
+    A sequence has no alignment, and gets loss ``inf`` (gradient NaN on its valid frames; both 0 with
+    ``zero_infinity``), when its target needs more frames than it has, or when its negative log-likelihood
+    exceeds ``1e29`` (compared in float32, or float64 for float64 input). The second case is only reached
+    through classes masked with huge negative values (logits or log-probs of ``-1e30``, ``finfo.min``),
+    which this loss treats like ``-inf``: "cannot be emitted". Where torch returns that masked value as a
+    finite loss (about ``1e30``), this loss returns ``inf``. Below ``1e29`` the losses are torch's.
 
     Raises:
         ValueError: naming the offending argument, for any input torch would reject or mis-handle.

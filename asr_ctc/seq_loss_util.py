@@ -6,7 +6,8 @@ The function names and semantics follow the reference, so that its unit test car
 * :func:`label_trans_table` the (S, S) table of allowed state transitions (0.0 allowed, ``LOG_0`` not),
 * :func:`calculate_log_label_prob` the log probability of every state's class at every frame,
 * :func:`calculate_alpha_beta` the per-frame normalised forward and backward variables,
-* :func:`ctc_loss` the per-sequence loss, with an analytic gradient w.r.t. the logits.
+* :func:`ctc_loss` the per-sequence loss, with an analytic gradient w.r.t. the logits,
+* :func:`ctc_loss_like_torch` the same loss behind :func:`torch.nn.functional.ctc_loss`'s calling convention.
 
 Conventions: a label sequence is a dict ``{"SEQ_DATA": (B, L) int, "SEQ_LEN": (B,) int}``; log 0 is
 represented by the finite :data:`LOG_0` (float32 ``log(1e-307)``) so that no ``-inf`` enters the recursion.
@@ -20,6 +21,7 @@ CTC gradient in both modes (it comes from the state posteriors, not from the mer
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -32,6 +34,7 @@ __all__ = [
     "calculate_log_label_prob",
     "calculate_alpha_beta",
     "ctc_loss",
+    "ctc_loss_like_torch",
 ]
 
 #: Stand-in for log(0): float32 log(1e-307) (about -706.8936), the value the reference uses. Kept as the
@@ -383,3 +386,83 @@ def ctc_loss(
     # tensor agrees with it.
     labels = labels[:, : int(labels_len.max())].long().to(device)
     return _CTCLossFunction.apply(labels, labels_len, logits, logits_len, bool(exact))
+
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _as_lengths(name: str, value: object, batch: int) -> torch.Tensor:
+    lengths = torch.as_tensor(value)
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integers, got dtype {lengths.dtype}")
+    # A 0-d tensor or an int stands for a batch of one, as in F.ctc_loss.
+    if lengths.dim() > 1 or lengths.numel() != batch:
+        shape = tuple(lengths.shape)
+        raise ValueError(f"{name} must have shape ({batch},) (the batch of log_probs), got {shape}")
+    return lengths.reshape(-1).long()
+
+
+def ctc_loss_like_torch(
+    log_probs: torch.Tensor,
+    targets: torch.Tensor,
+    input_lengths: torch.Tensor | Sequence[int],
+    target_lengths: torch.Tensor | Sequence[int],
+    blank: int = 0,
+    reduction: str = "mean",
+    zero_infinity: bool = False,
+) -> torch.Tensor:
+    """The port's exact loss (:func:`ctc_loss` with ``exact=True``) with the calling convention of
+    :func:`torch.nn.functional.ctc_loss` (its defaults included), so that it can stand in for it (the
+    trainer's ``reference`` loss, the benchmark).
+
+    The port takes blank-augmented labels and (B, T, C) logits, to which it applies a softmax: the
+    log-probabilities are passed as those logits (``softmax(log_softmax(x)) = softmax(x)``), which gives
+    torch's values and torch's gradient (``exp(log_probs) - posteriors``) for normalised log-probabilities.
+
+    Differences from torch, all the reference's: a sequence with fewer frames than its ``2L + 1`` states
+    (``input_lengths[b] < 2 * target_lengths[b] + 1``) gets loss 0 and gradient 0, feasible or not (torch:
+    a finite loss when ``input_lengths[b] >= L`` + repeats, else ``inf``). So the loss is never ``inf`` and
+    ``zero_infinity`` changes nothing; it is accepted for the calling convention. Only the padded targets
+    form and (T, B, C) input are supported.
+
+    Args:
+        log_probs: (T, B, C) float32 or float64, per-frame class log-probabilities.
+        targets: (B, W) int, padded target ids in ``[0, C)``, not ``blank`` within each target's length;
+            entries past it are ignored (any value, e.g. -100 padding).
+        input_lengths: (B,) int tensor or sequence of ints, in ``[1, T]`` (0-d or int for B = 1).
+        target_lengths: (B,) int tensor or sequence of ints, in ``[0, W]`` (0-d or int for B = 1).
+        blank: the blank class id, in ``[0, C)``.
+        reduction: ``"none"``: (B,) losses; ``"sum"``: their sum; ``"mean"``: each loss divided by its
+            target length clamped to ``>= 1``, averaged over the batch (torch's definitions).
+        zero_infinity: accepted and ignored (no loss is infinite, see above).
+
+    Returns:
+        (B,) for ``"none"``, else 0-d; dtype of ``log_probs``.
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    _check_tensor("log_probs", log_probs, 3, "float")
+    _check_tensor("targets", targets, 2, "int")
+    frames, batch, num_classes = log_probs.shape
+    _check_batch(batch, targets=targets)
+    if isinstance(blank, bool) or not isinstance(blank, int) or not 0 <= blank < num_classes:
+        raise ValueError(f"blank must be an int in [0, {num_classes}) (C = {num_classes}), got {blank!r}")
+    device = log_probs.device
+    input_lengths = _as_lengths("input_lengths", input_lengths, batch).to(device)
+    target_lengths = _as_lengths("target_lengths", target_lengths, batch).to(device)
+    _check_lengths("input_lengths", input_lengths, 1, frames, "T, the frames of log_probs")
+    _check_lengths("target_lengths", target_lengths, 0, targets.shape[1], "the width of targets")
+    targets = targets.long().to(device)
+    live = targets[torch.arange(targets.shape[1], device=device) < target_lengths.unsqueeze(1)]
+    if bool(((live < 0) | (live >= num_classes) | (live == blank)).any()):
+        raise ValueError(
+            f"targets must be class ids in [0, {num_classes}) other than blank {blank} within target_lengths"
+        )
+    # interleave_blanks overwrites the entries past each length, so their values never reach the port.
+    extended, extended_lengths = interleave_blanks(targets, target_lengths, blank)
+    loss = ctc_loss(extended, extended_lengths, log_probs.transpose(0, 1), input_lengths, exact=True)
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return (loss / target_lengths.clamp_min(1).to(loss.dtype)).mean()
+    return loss

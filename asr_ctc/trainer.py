@@ -16,42 +16,18 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from . import seq_loss_util
 from .config import LOSS_IMPLS, LOSS_REDUCTIONS
 from .ctc import ctc_loss as custom_ctc_loss
-from .ctc_states import interleave_blanks
 from .data.collator import IGNORE_INDEX
+from .seq_loss_util import ctc_loss_like_torch
 
 
 class NonFiniteLossError(RuntimeError):
     """A training batch gave an infinite or NaN loss; raised before the optimiser can apply it."""
 
 
-def _reference_ctc_loss(
-    log_probs: torch.Tensor,
-    targets: torch.Tensor,
-    input_lengths: torch.Tensor,
-    target_lengths: torch.Tensor,
-    blank: int = 0,
-    reduction: str = "none",
-    zero_infinity: bool = False,
-) -> torch.Tensor:
-    """Per-utterance loss from the reference-parity port, with the F.ctc_loss calling convention.
-
-    The port takes blank-augmented labels and (B, T, C) logits; log-probabilities are valid logits (softmax
-    of log_softmax is the identity), and ``exact=True`` makes its value the true negative log-likelihood.
-    """
-    if reduction != "none":
-        raise ValueError(f"reduction: the reference port is called per utterance here, got {reduction!r}")
-    extended, ext_lengths = interleave_blanks(targets.clamp_min(0), target_lengths, blank)
-    loss = seq_loss_util.ctc_loss(extended, ext_lengths, log_probs.transpose(0, 1), input_lengths, exact=True)
-    if zero_infinity:
-        loss = torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss))
-    return loss
-
-
 # ``builtin`` has no entry: the model computes that loss itself.
-_LOSS_FUNCTIONS = {"custom": custom_ctc_loss, "torch": F.ctc_loss, "reference": _reference_ctc_loss}
+_LOSS_FUNCTIONS = {"custom": custom_ctc_loss, "torch": F.ctc_loss, "reference": ctc_loss_like_torch}
 
 
 class CTCTrainer(Trainer):

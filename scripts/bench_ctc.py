@@ -5,8 +5,8 @@ For each shape (B, T, C, L) it times one training step of the loss: random logit
 
 * ``ours``: :func:`asr_ctc.ctc.ctc_loss`,
 * ``native``: :func:`torch.nn.functional.ctc_loss` (torch's C++ CPU kernel),
-* ``reference``: :func:`asr_ctc.seq_loss_util.ctc_loss` (the slow reference port; seconds per call, so it
-  runs ``--ref-repeats`` times; ``--no-reference`` skips it).
+* ``reference``: :func:`asr_ctc.seq_loss_util.ctc_loss_like_torch` (the slow reference port, exact mode;
+  seconds per call, so it runs ``--ref-repeats`` times; ``--no-reference`` skips it).
 
 ``ours`` and ``native`` run interleaved (their order alternating), so both see the same machine load; the
 table reports medians and the ratio of the medians. Peak memory is measured in a fresh subprocess per
@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from asr_ctc.ctc import ctc_loss
+from asr_ctc.seq_loss_util import ctc_loss_like_torch
 
 SHAPES = [(16, 500, 32, 100), (8, 200, 32, 40), (4, 1000, 32, 200), (8, 300, 500, 60)]
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -66,16 +67,7 @@ def step_native(logits, targets, input_lengths, target_lengths) -> torch.Tensor:
 
 
 def step_reference(logits, targets, input_lengths, target_lengths) -> torch.Tensor:
-    from asr_ctc import seq_loss_util
-
-    # Raw label k is class k+1 there (blank 0): our targets are already class ids, so subtract one.
-    raw = {"SEQ_DATA": targets - 1, "SEQ_LEN": target_lengths}
-    augmented = seq_loss_util.to_blank_augmented_labels(raw, blank_index=0, boundary_blanks=True)
-    # It takes (B, T, C) scores and applies the softmax itself; softmax(log_softmax(x)) = softmax(x).
-    scores = logits.log_softmax(-1).transpose(0, 1)
-    labels, labels_len = augmented["SEQ_DATA"], augmented["SEQ_LEN"]
-    per_seq = seq_loss_util.ctc_loss(labels, labels_len, scores, input_lengths, exact=True)
-    loss = (per_seq / target_lengths.clamp_min(1)).mean()
+    loss = ctc_loss_like_torch(logits.log_softmax(-1), targets, input_lengths, target_lengths)
     loss.backward()
     return loss
 

@@ -278,6 +278,93 @@ def test_unbatched():
         torch.testing.assert_close(got, batched.squeeze())
 
 
+def test_zero_dim_lengths_for_a_batch_of_one():
+    """torch accepts 0-d lengths for (T, 1, C) as well as for unbatched (T, C) input (its own
+    test_CTCLoss_critical_target_len relies on it): same values and gradients."""
+    gen = torch.Generator().manual_seed(18)
+    logits = torch.randn(12, 1, 6, generator=gen, dtype=torch.float64)
+    cases = [
+        (logits, torch.tensor([[1, 3, 3, 5]])),  # (T, 1, C), padded targets
+        (logits, torch.tensor([1, 3, 3, 5])),  # (T, 1, C), concatenated targets
+        (logits[:, 0], torch.tensor([1, 3, 3, 5])),  # unbatched (T, C)
+    ]
+    for (raw, targets), reduction in itertools.product(cases, REDUCTIONS):
+        lengths = (torch.tensor(12), torch.tensor(4))
+        x, y = raw.clone().requires_grad_(True), raw.clone().requires_grad_(True)
+        got = ctc_loss(x.log_softmax(-1), targets, *lengths, reduction=reduction)
+        expected = F.ctc_loss(y.log_softmax(-1), targets, *lengths, reduction=reduction)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected)
+        got.sum().backward()
+        expected.sum().backward()
+        torch.testing.assert_close(x.grad, y.grad)
+    # T = L, the critical target length of torch's test: exactly one alignment.
+    lp = torch.randn(3, 1, 4, generator=gen, dtype=torch.float64).log_softmax(-1)
+    args = (torch.tensor([[1, 2, 3]]), torch.tensor(3), torch.tensor(3))
+    torch.testing.assert_close(ctc_loss(lp, *args), F.ctc_loss(lp, *args))
+    lp = torch.randn(5, 2, 4).log_softmax(-1)
+    with pytest.raises(ValueError, match=r"input_lengths must have shape \(2,\)"):
+        ctc_loss(lp, torch.ones(2, 1, dtype=torch.long), torch.tensor(5), [1, 1])
+
+
+def masked_logits(dtype, value, uses):
+    """(T, 3, 6) logits with class 5 masked (``value``) on every frame, targets and lengths. Row 1's target
+    [1, 5, 2, 5] holds class 5 ``uses`` times (length 3 or 4), so each of its alignments crosses ``uses``
+    masked frames; rows 0 and 2 never need class 5."""
+    gen = torch.Generator().manual_seed(19)
+    logits = torch.randn(12, 3, 6, generator=gen, dtype=torch.float64).to(dtype)
+    logits[..., 5] = value
+    targets = torch.tensor([[1, 2, 3, 4], [1, 5, 2, 5], [4, 4, 1, 0]])
+    return logits, targets, torch.tensor([12, 12, 10]), torch.tensor([4, 2 + uses, 3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_masked_classes_below_the_threshold_are_impossible(dtype):
+    """A target that needs a class masked with -1e30 / finfo.min / -inf has no alignment: inf (0 with
+    zero_infinity), as -inf masking gives in torch too. Rows that never need the masked class match torch,
+    whatever the mask value."""
+    for value, zero_infinity in itertools.product((-1e30, torch.finfo(dtype).min, -math.inf), (False, True)):
+        logits, targets, lengths, target_lengths = masked_logits(dtype, value, 1)
+        args = (targets, lengths, target_lengths, 0, "none", zero_infinity)
+        x = logits.clone().requires_grad_(True)
+        got = ctc_loss(x.log_softmax(-1), *args)
+        (grad,) = torch.autograd.grad(got.sum(), x)
+        assert got[1] == (0.0 if zero_infinity else math.inf)
+        assert (grad[:, 1] == 0).all() if zero_infinity else grad[:, 1].isnan().all()
+        # Against torch with -1e30 masking (under -inf masking torch's gradient is NaN on every row).
+        y = logits.clamp_min(-1e30).requires_grad_(True)
+        expected = F.ctc_loss(y.log_softmax(-1), *args)
+        (expected_grad,) = torch.autograd.grad(expected[0::2].sum(), y)
+        torch.testing.assert_close(got[0::2], expected[0::2], **TOL[dtype])
+        torch.testing.assert_close(grad[:, 0::2], expected_grad[:, 0::2], **TOL[dtype])
+        assert 0.99e30 < expected[1] < 1.01e30  # torch: the masked value comes back as a finite "loss"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_just_below_and_above_the_threshold(dtype):
+    """Losses up to 1e29 are torch's: a target crossing one frame masked at -9e28 (loss ~9e28) or two at
+    -4.9e28 (~9.8e28); past 1e29 (two frames at -9e28, or one at -1.1e29) there is no alignment."""
+    for value, uses in ((-9e28, 1), (-4.9e28, 2), (-1e27, 2)):
+        logits, targets, lengths, target_lengths = masked_logits(dtype, value, uses)
+        lp = logits.log_softmax(-1).requires_grad_(True)
+        got = ctc_loss(lp, targets, lengths, target_lengths, reduction="none")
+        expected = F.ctc_loss(lp.detach(), targets, lengths, target_lengths, reduction="none")
+        torch.testing.assert_close(got, expected, **TOL[dtype])
+        assert got[1] < 1e29
+        # The path scores' O(1) differences are lost next to 1e28 in any float, so row 1's posteriors are
+        # not comparable with torch's; they stay finite and sum to 1 per valid frame (-grad is gamma).
+        (grad,) = torch.autograd.grad(got.sum(), lp)
+        assert grad.isfinite().all()
+        torch.testing.assert_close(grad[:, 1].sum(-1), torch.full((12,), -1.0, dtype=dtype))
+    for value, uses in ((-9e28, 2), (-1.1e29, 1)):
+        logits, targets, lengths, target_lengths = masked_logits(dtype, value, uses)
+        lp = logits.log_softmax(-1)
+        got = ctc_loss(lp, targets, lengths, target_lengths, reduction="none")
+        expected = F.ctc_loss(lp, targets, lengths, target_lengths, reduction="none")
+        assert 1e29 < expected[1] < 2e29 and got[1] == math.inf
+        torch.testing.assert_close(got[0::2], expected[0::2], **TOL[dtype])
+
+
 def test_module_parity():
     gen = torch.Generator().manual_seed(9)
     logits = torch.randn(25, 4, 7, generator=gen, dtype=torch.float64)

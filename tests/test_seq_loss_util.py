@@ -17,6 +17,7 @@ from asr_ctc.seq_loss_util import (
     calculate_alpha_beta,
     calculate_log_label_prob,
     ctc_loss,
+    ctc_loss_like_torch,
     label_trans_table,
     to_blank_augmented_labels,
 )
@@ -250,6 +251,92 @@ def test_ctc_loss_ignores_extra_label_padding() -> None:
         ctc_loss(padded, labels["SEQ_LEN"], logits, logits_len),
         ctc_loss(labels["SEQ_DATA"], labels["SEQ_LEN"], logits, logits_len),
     )
+
+
+# --- ctc_loss_like_torch: the port behind F.ctc_loss's calling convention ------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("blank", [0, 2, 5])
+def test_ctc_loss_like_torch_matches_f_ctc_loss(dtype: torch.dtype, blank: int) -> None:
+    """Values and gradients (w.r.t. the log-probs and through log_softmax) equal F.ctc_loss's for every
+    reduction, on ragged, padded (with -100, as the trainer's labels) targets with repeats."""
+    gen = torch.Generator().manual_seed(11 + blank)
+    frames, batch, classes = 17, 4, 6
+    ids = torch.randint(0, classes - 1, (batch, 5), generator=gen)
+    targets = ids + (ids >= blank).long()  # skip the blank id
+    targets[0, 1] = targets[0, 0]  # a repeat
+    target_lengths = torch.tensor([5, 3, 0, 4])
+    input_lengths = torch.tensor([17, 11, 4, 9])  # each >= 2L + 1 (the reference's rule, see below)
+    past = torch.arange(5) >= target_lengths.unsqueeze(1)
+    padded = targets.masked_fill(past, -100)
+    logits = 2 * torch.randn(frames, batch, classes, generator=gen, dtype=torch.float64)
+    for reduction in ("none", "mean", "sum"):
+        weights = torch.linspace(0.5, 1.5, batch, dtype=dtype) if reduction == "none" else 1.0
+        grads, losses = [], []
+        for fn, tgt in ((ctc_loss_like_torch, padded), (torch.nn.functional.ctc_loss, targets)):
+            x = logits.to(dtype).requires_grad_()
+            lp = x.log_softmax(-1)
+            lp.retain_grad()
+            loss = fn(lp, tgt, input_lengths, target_lengths, blank=blank, reduction=reduction)
+            (loss * weights).sum().backward()
+            losses.append(loss)
+            grads.append((lp.grad, x.grad))
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
+        assert losses[0].shape == losses[1].shape and losses[0].dtype == dtype
+        torch.testing.assert_close(losses[0], losses[1], **tol)
+        torch.testing.assert_close(grads[0][0], grads[1][0], **tol)  # w.r.t. log_probs
+        torch.testing.assert_close(grads[0][1], grads[1][1], **tol)  # through log_softmax
+    # The default reduction is torch's ("mean"), and 0-d lengths stand for a batch of one.
+    lp = logits[:, :1].log_softmax(-1)
+    torch.testing.assert_close(
+        ctc_loss_like_torch(lp, targets[:1], torch.tensor(17), torch.tensor(5), blank=blank),
+        torch.nn.functional.ctc_loss(lp, targets[:1], torch.tensor(17), torch.tensor(5), blank=blank),
+    )
+
+
+def test_ctc_loss_like_torch_keeps_the_reference_validity_rule() -> None:
+    """Fewer frames than 2L + 1 states: loss and gradient 0 (the reference), where torch gives a finite loss
+    (enough frames for L + repeats) or inf (not enough); zero_infinity changes nothing."""
+    gen = torch.Generator().manual_seed(12)
+    logits = torch.randn(6, 3, 5, generator=gen, dtype=torch.float64)
+    targets = torch.tensor([[1, 2, 3], [1, 1, 1], [1, 2, 0]])
+    args = (targets, torch.tensor([6, 4, 6]), torch.tensor([3, 3, 2]))
+    torch_loss = torch.nn.functional.ctc_loss(logits.log_softmax(-1), *args, reduction="none")
+    assert torch.isfinite(torch_loss[0]) and torch_loss[1] == torch.inf
+    for zero_infinity in (False, True):
+        x = logits.clone().requires_grad_()
+        loss = ctc_loss_like_torch(x.log_softmax(-1), *args, reduction="none", zero_infinity=zero_infinity)
+        loss.sum().backward()
+        assert (loss[:2] == 0).all() and (x.grad[:, :2] == 0).all()
+        torch.testing.assert_close(loss[2], torch_loss[2])
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"log_probs": torch.zeros(6, 5)}, "log_probs must have rank 3"),
+        ({"targets": torch.tensor([1, 2, 3, 1])}, "targets must have rank 2"),
+        ({"targets": torch.tensor([[1, 0], [3, 1]])}, "targets must be class ids"),  # blank within length
+        ({"targets": torch.tensor([[1, 5], [3, 1]])}, "targets must be class ids"),
+        ({"input_lengths": torch.tensor([6, 0])}, r"input_lengths must lie in \[1, 6\]"),
+        ({"input_lengths": torch.tensor(6)}, r"input_lengths must have shape \(2,\)"),
+        ({"input_lengths": torch.tensor([6.0, 6.0])}, "input_lengths must hold integers"),
+        ({"target_lengths": [2, 3]}, r"target_lengths must lie in \[0, 2\]"),
+        ({"blank": 5}, r"blank must be an int in \[0, 5\)"),
+        ({"reduction": "avg"}, "reduction must be one of"),
+    ],
+)
+def test_ctc_loss_like_torch_rejects_bad_input(change: dict, match: str) -> None:
+    args = {
+        "log_probs": torch.randn(6, 2, 5).log_softmax(-1),
+        "targets": torch.tensor([[1, 2], [3, -100]]),
+        "input_lengths": [6, 5],
+        "target_lengths": torch.tensor([2, 1]),
+    }
+    ctc_loss_like_torch(**args)  # the good arguments pass
+    with pytest.raises(ValueError, match=match):
+        ctc_loss_like_torch(**{**args, **change})
 
 
 # --- input validation -----------------------------------------------------------------------------------
