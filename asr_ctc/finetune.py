@@ -22,8 +22,7 @@ from .data.index import load_source_index
 from .data.vocab import build_processor, build_vocab
 from .decode import collapse, wer_cer
 from .fileio import atomic_write_text
-from .inference import LM_DIR
-from .lm import build_lm_dir
+from .lm import LM_DIR, build_lm_dir
 from .modeling import build_model
 from .plots import plot_training_curves
 from .trainer import CTCTrainer

@@ -45,12 +45,12 @@ from .decode import (
     word_spans,
 )
 from .fileio import atomic_write_text
+from .lm import LM_DIR
 from .modeling import frame_lengths, samples_per_frame
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.yaml"
-LM_DIR = "lm"
 TUNED_LM = "tuned.json"
 # The (lm_weight, word_score) grid of --tune-lm: LM weights around KenLM's log10 scale, insertion bonuses
 # around zero (a positive bonus offsets the LM's bias towards fewer, more frequent words).

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import atomic_write, atomic_write_text
+from .fileio import atomic_write, atomic_write_text
 
 BOS = "<s>"
 EOS = "</s>"
@@ -106,6 +106,9 @@ class NGramModel:
         words = [BOS, *sentence.split(), EOS]
         return sum(self.log10_prob(w, words[:i]) for i, w in enumerate(words) if i > 0)
 
+
+# The directory, next to a fine-tuned model, that holds its LM files (where inference looks for them).
+LM_DIR = "lm"
 
 def _discounts(count_of_counts: Mapping[int, int]) -> tuple[tuple[float, float, float], bool]:
     """Chen & Goodman's D1, D2, D3+ from n1..n4; the fallback (and True) when they are degenerate.
