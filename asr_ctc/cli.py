@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from .config import ConfigError
+from .config import DECODERS, ConfigError, DecodingConfig
 
 
 def _setup_logging() -> None:
@@ -96,7 +96,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
 
 
 def inference_main(argv: list[str] | None = None) -> int:
-    """``asr-ctc-inference --model DIR [--config X.yaml] [--split test | --manifest FILE]``."""
+    """``asr-ctc-inference --model DIR [--split test | --manifest FILE | --audio PATH ...] [options]``."""
     parser = argparse.ArgumentParser(prog="inference", description="Decode a test set and report WER/CER.")
     parser.add_argument("--model", required=True, help="fine-tuned model directory (or a checkpoint-* in it)")
     parser.add_argument(
@@ -107,28 +107,72 @@ def inference_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=["train", "eval", "test"])
     parser.add_argument("--manifest", help="score this manifest instead of a config split")
     parser.add_argument(
+        "--audio", nargs="+", metavar="PATH", help="transcribe these audio files and folders (no scoring)"
+    )
+    parser.add_argument(
         "--output-dir", help="where transcripts.tsv and summary.json go (default: MODEL/inference_SPLIT)"
     )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for --config")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding audio")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument(
+        "--decoder", choices=DECODERS, help="greedy, beam (lexicon) or lm (lexicon + n-gram LM)"
+    )
+    parser.add_argument("--beam-size", type=int, help="beam search width (default: config, 100)")
+    parser.add_argument("--lm-weight", type=float, help="LM weight (default: tuned, else 1.0)")
+    parser.add_argument("--word-score", type=float, help="word insertion bonus (default: tuned, else 0.0)")
+    parser.add_argument(
+        "--tune-lm", action="store_true", help="grid-search --lm-weight/--word-score on the eval split first"
+    )
+    parser.add_argument(
+        "--timestamps", action="store_true", help="write word timings (words.json, hypothesis/reference .ctm)"
+    )
+    parser.add_argument("--plot", type=int, default=0, metavar="N", help="alignment plots of N utterances")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. decoding.beam_size=50"
+    )
     args = parser.parse_args(argv)
     _setup_logging()
-    from .config import load_config
+    import dataclasses
+    from pathlib import Path
+
     from .data.dataset import EmptyDatasetError
-    from .inference import run_inference
+    from .inference import load_run_config, run_inference
 
     try:
-        cfg = load_config(args.config, args.overrides) if args.config else None
+        cfg = load_run_config(Path(args.model), args.config, args.overrides)
+        decoding = cfg.decoding if cfg is not None else DecodingConfig()
+        chosen = {
+            "decoder": args.decoder,
+            "beam_size": args.beam_size,
+            "lm_weight": args.lm_weight,
+            "word_score": args.word_score,
+        }
+        decoding = dataclasses.replace(decoding, **{k: v for k, v in chosen.items() if v is not None})
         result = run_inference(
-            args.model, cfg, args.split, args.manifest, args.output_dir, args.batch_size, args.device
+            args.model,
+            cfg,
+            args.split,
+            args.manifest,
+            args.output_dir,
+            args.batch_size,
+            args.device,
+            audio=args.audio,
+            decoding=decoding,
+            tune_lm=args.tune_lm,
+            timestamps=args.timestamps,
+            plot=args.plot,
+            num_workers=args.num_workers,
         )
-    except (ConfigError, EmptyDatasetError, ValueError) as exc:
+    except (ConfigError, EmptyDatasetError, ValueError, OSError) as exc:
         return _fail(exc)
-    print(
-        f"{result.summary['split']}: {result.num_utterances} utterances  "
-        f"WER {100 * result.wer:.2f}%  CER {100 * result.cer:.2f}%"
-    )
+    s = result.summary
+    line = f"{s['split']}: {result.num_utterances} utterances"
+    if "greedy" in s:
+        line += f"  greedy WER {100 * s['greedy']['wer']:.2f}%  CER {100 * s['greedy']['cer']:.2f}%"
+    if s["decoder"] != "greedy" and result.wer is not None:
+        line += f"  |  {s['decoder']} WER {100 * result.wer:.2f}%  CER {100 * result.cer:.2f}%"
+    print(line + f"  ({s['decoding_seconds']['total']:.1f} s)")
     print(f"per-utterance transcripts: {result.transcripts_path}")
     print(f"summary: {result.summary_path}")
     return 0

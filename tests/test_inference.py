@@ -1,0 +1,151 @@
+"""The inference job: LM decoding and tuning, timestamps, plots, audio files, checkpoints, overrides."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from helpers import tiny_run_config
+
+from asr_ctc.cli import inference_main
+from asr_ctc.config import DecodingConfig
+from asr_ctc.finetune import run_finetune
+from asr_ctc.inference import length_sorted_batches, run_inference
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, tmp_path_factory):
+    """A tiny model fine-tuned for 30 steps; fine-tuning also writes its lm/."""
+    from asr_ctc.config import config_from_dict
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    raw = tiny_run_config(
+        tiny_corpus, out, max_steps=30, learning_rate=5e-3, eval_strategy="no", save_steps=15
+    )
+    run_finetune(config_from_dict(raw))
+    return out
+
+
+def test_finetune_writes_the_lm_next_to_the_model(trained):
+    info = json.loads((trained / "lm" / "lm.json").read_text())
+    assert info["order"] == 3 and info["lexicon_words"] > 5
+    assert (trained / "lm" / "lm.arpa").read_text().startswith("\n\\data\\") or "\\data\\" in (
+        trained / "lm" / "lm.arpa"
+    ).read_text()[:20]
+    lexicon = (trained / "lm" / "lexicon.txt").read_text().splitlines()
+    assert all(line.endswith(" |") for line in lexicon)
+
+
+def test_lm_decoding_reports_greedy_and_lm_side_by_side(trained, tmp_path):
+    res = run_inference(
+        trained, split="test", output_dir=tmp_path, decoding=DecodingConfig(decoder="lm", beam_size=20)
+    )
+    s = res.summary
+    assert (
+        s["decoder"] == "lm"
+        and set(s["greedy"]) == {"wer", "cer"}
+        and set(s["lm"]) >= {"wer", "cer", "lm_weight"}
+    )
+    assert s["wer"] == s["lm"]["wer"] and s["decoding_seconds"]["beam_search"] > 0
+    rows = (tmp_path / "transcripts.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["id", "reference", "hypothesis", "errors", "ref_words", "greedy"]
+    # A lexicon decoder only ever spells words of the lexicon.
+    lexicon = {line.split("\t")[0] for line in (trained / "lm" / "lexicon.txt").read_text().splitlines()}
+    for row in rows[1:]:
+        assert set(row.split("\t")[2].split()) <= lexicon
+
+
+def test_tune_lm_saves_the_weights_and_later_runs_use_them(trained, tmp_path):
+    res = run_inference(
+        trained,
+        split="test",
+        output_dir=tmp_path,
+        tune_lm=True,
+        decoding=DecodingConfig(decoder="lm", beam_size=10),
+    )
+    tuned = json.loads((trained / "lm" / "tuned.json").read_text())
+    assert len(tuned["grid"]) == 20 and res.summary["lm_tuning"]["lm_weight"] == tuned["lm_weight"]
+    again = run_inference(
+        trained, split="test", output_dir=tmp_path / "b", decoding=DecodingConfig(decoder="lm")
+    )
+    assert again.summary["lm"]["lm_weight"] == tuned["lm_weight"]
+    assert again.summary["lm"]["word_score"] == tuned["word_score"]
+
+
+def test_timestamps_and_plots(trained, tmp_path):
+    res = run_inference(trained, split="test", output_dir=tmp_path, timestamps=True, plot=2)
+    words = json.loads((tmp_path / "words.json").read_text())
+    assert len(words) == res.num_utterances
+    for rec in words:
+        ref = rec["reference"]  # the reference transcript always fits its frames (tiny model: 100 frames/s)
+        assert ref is not None and " ".join(w["word"] for w in ref) == rec_text(tmp_path, rec["id"])
+        starts = [w["start"] for w in ref]
+        assert starts == sorted(starts) and all(w["end"] > w["start"] for w in ref)
+    ctm = (tmp_path / "reference.ctm").read_text().splitlines()
+    assert len(ctm) == sum(len(r["reference"]) for r in words) and len(ctm[0].split()) == 6
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 2
+
+
+def rec_text(out, uid):
+    for line in (out / "transcripts.tsv").read_text().splitlines()[1:]:
+        fields = line.split("\t")
+        if fields[0] == uid:
+            return fields[1]
+    raise KeyError(uid)
+
+
+def test_transcribe_audio_files_and_a_checkpoint(trained, tiny_corpus, tmp_path, capsys):
+    wavs = sorted((tiny_corpus / "wavs").glob("test-*.wav"))[:3]
+    code = inference_main(
+        [
+            "--model",
+            str(trained / "checkpoint-30"),
+            "--audio",
+            str(wavs[0]),
+            str(wavs[1]),
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    rows = (tmp_path / "transcripts.tsv").read_text().splitlines()
+    assert rows[0] == "id\thypothesis" and [r.split("\t")[0] for r in rows[1:]] == [w.stem for w in wavs[:2]]
+    # A checkpoint inside a run finds the run's config (for --split) in its parent.
+    assert (
+        inference_main(
+            [
+                "--model",
+                str(trained / "checkpoint-15"),
+                "--split",
+                "test",
+                "--output-dir",
+                str(tmp_path / "ck"),
+            ]
+        )
+        == 0
+    )
+
+
+def test_overrides_apply_to_the_saved_config_and_unknown_keys_fail(trained, tmp_path, capsys):
+    assert inference_main(["--model", str(trained), "bogus.key=1"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert (
+        inference_main(["--model", str(trained), "decoding.decoder=beam", "--output-dir", str(tmp_path)]) == 0
+    )
+    assert json.loads((tmp_path / "summary.json").read_text())["decoder"] == "beam"
+
+
+def test_length_sorted_batches_cover_every_index_once():
+    batches = length_sorted_batches([5, 1, 9, 3, 9, 2, 7], 3)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    assert batches[0] == [2, 4, 6]  # longest first, ties in order
+
+
+def test_decoding_config_rejects_unknown_decoders():
+    from asr_ctc.config import ConfigError
+
+    with pytest.raises(ConfigError, match="decoding.decoder: expected one of greedy, beam, lm"):
+        DecodingConfig(decoder="viterbi")
+    raw = yaml.safe_load("decoding: {decoder: lm, beam_size: 50}")
+    assert DecodingConfig(**raw["decoding"]).beam_size == 50
