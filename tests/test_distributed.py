@@ -89,3 +89,18 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     assert len(one) == len(two) == 3
     np.testing.assert_allclose(two, one, rtol=1e-4)
     shutil.rmtree(tmp_path / "one")
+
+
+def test_two_processes_build_each_index_once(tiny_corpus, tmp_path):
+    # A fresh index cache: rank 0 builds each table under main_process_first, rank 1 then maps it.
+    cfg = tiny_run_config(tiny_corpus, tmp_path / "run", max_steps=1, eval_strategy="no", save_strategy="no")
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ASR_CTC_CACHE": str(tmp_path / "cache")}
+    cmd = [*LAUNCHERS["torchrun"], "scripts/finetune.py", "--config", str(cfg_path)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    log = done.stdout + done.stderr
+    for table in ("train index", "train labels", "eval index", "eval labels"):
+        assert log.count(f"built {table}") == 1, table
+        assert log.count(f"reusing {table}") == 1, table  # the second rank
