@@ -178,14 +178,14 @@ def check_output_dir(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> st
         _delete_run(out)
         return None
     diffs = resume_differences(load_yaml(saved.read_text(encoding="utf-8")) or {}, cfg)
-    listing = "".join(f"\n  {d}" for d in diffs)
+    listing = "; ".join(diffs)
     last = latest_complete_checkpoint(out)
     if last is None and not _finished(out):
         if diffs:
             raise OutputDirError(
                 f"output_dir {out} holds a run that stopped before its first checkpoint, with a different "
-                f"config:{listing}\npass --overwrite to replace it (it has no checkpoint to lose) "
-                "or use another output_dir"
+                f"config (differs in: {listing}); pass --overwrite to replace it (it has no checkpoint to "
+                "lose) or use another output_dir"
             )
         logger.warning(
             "%s holds a run with this config that stopped before its first checkpoint: starting it again "
@@ -199,8 +199,8 @@ def check_output_dir(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> st
         )
     if diffs:
         raise OutputDirError(
-            f"--resume: output_dir {out} holds a run whose config differs in what changes training:{listing}"
-            "\nuse the run's values, another output_dir, or --overwrite"
+            f"--resume: output_dir {out} holds a run with a different config in what changes training "
+            f"(differs in: {listing}); use the run's values, another output_dir, or --overwrite"
         )
     if last is None:
         raise OutputDirError(

@@ -82,7 +82,8 @@ def test_a_run_that_died_before_its_first_checkpoint_can_be_started_again(tiny_c
         assert check_output_dir(cfg, resume=True, overwrite=False) is None
     assert "stopped before its first checkpoint" in caplog.text
     other = _cfg(tiny_corpus, tmp_path / "run", learning_rate=1e-3)
-    with pytest.raises(OutputDirError, match=r"(?s)different config:.*learning_rate.*--overwrite"):
+    expected = r"different config \(differs in: training.learning_rate: 0.003 -> 0.001\); pass --overwrite"
+    with pytest.raises(OutputDirError, match=expected):
         check_output_dir(other, resume=False, overwrite=False)
     # A finished run that saved no checkpoint is a run, not a crash: it is not silently redone.
     done = _cfg(tiny_corpus, tmp_path / "done")
