@@ -11,12 +11,31 @@ from .config import DECODERS, ConfigError, DecodingConfig
 
 
 def _setup_logging() -> None:
+    """Warnings from every library; this project's routine progress (INFO) too."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asr_ctc").setLevel(logging.INFO)
 
 
-def _fail(exc: Exception) -> int:
+def _fail(exc: Exception | str) -> int:
+    """One ``error:`` line (a multi-line message stays one error), exit status 2."""
     print(f"error: {exc}", file=sys.stderr)
     return 2
+
+
+def _is_hub_error(exc: BaseException) -> bool:
+    """A hub model or dataset that cannot be reached or found: offline, a typo, a private repo.
+
+    ``datasets`` raises ``ConnectionError`` (an ``OSError``) and ``DatasetNotFoundError``; huggingface_hub
+    raises ``OSError`` subclasses (``LocalEntryNotFoundError``, ``RepositoryNotFoundError``,
+    ``OfflineModeIsEnabled``) and, under it, httpx transport errors that are not ``OSError``s.
+    """
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    root = type(exc).__module__.split(".")[0]
+    return root in ("huggingface_hub", "httpx", "httpcore", "requests") or type(exc).__name__ in (
+        "DatasetNotFoundError",
+        "DataFilesNotFoundError",
+    )
 
 
 def make_corpus_main(argv: list[str] | None = None) -> int:
@@ -79,12 +98,17 @@ def finetune_main(argv: list[str] | None = None) -> int:
     from .data.dataset import EmptyDatasetError
     from .data.manifest import ManifestError
     from .finetune import OutputDirError, run_finetune
+    from .modeling import CheckpointError
 
     try:
         cfg = load_config(args.config, args.overrides)
         result = run_finetune(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, OutputDirError, EmptyDatasetError, ManifestError) as exc:
+    except (ConfigError, OutputDirError, EmptyDatasetError, ManifestError, CheckpointError) as exc:
         return _fail(exc)
+    except Exception as exc:
+        if _is_hub_error(exc):
+            return _fail(f"cannot reach the HuggingFace hub for a model or dataset in the config: {exc}")
+        raise
     if not result.is_main_process:
         return 0
     m = result.metrics

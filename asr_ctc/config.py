@@ -1,14 +1,23 @@
 """Experiment configuration: plain YAML mapped onto dataclasses.
 
 A config file has five top-level keys: ``model``, ``data``, ``loss``, ``training`` and ``output_dir``.
-``training`` is handed to :class:`transformers.TrainingArguments` as is (every key is checked against its
-fields), the others map onto the dataclasses below. Command-line overrides use dotted keys with YAML values:
-``training.max_steps=50``, ``loss.impl=torch``, ``data.lowercase=false``.
+``training`` is handed to :class:`transformers.TrainingArguments` (every key and value is checked against
+its fields and their types first), the others map onto the dataclasses below. Command-line overrides use
+dotted keys with YAML values: ``training.max_steps=50``, ``loss.impl=torch``, ``data.lowercase=false``.
+
+Values are read the way people write them, not by YAML 1.1's rules: ``3e-4`` and ``1e5`` are numbers (YAML
+1.1 wants ``3.0e-4``), only ``true``/``false`` are booleans (``no``, ``off``, ``on``, ``yes`` stay words, so
+``training.eval_strategy=no`` means the strategy "no"), and an unquoted scalar is given the type of the field
+it fills: ``data.hub_config=2017`` is the string "2017", ``training.learning_rate=3e-4`` the float 0.0003.
+Paths in a config are relative to the working directory, like every other command-line path.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import importlib.util
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,8 +26,6 @@ from typing import Any
 
 import yaml
 
-LOSS_IMPLS = ("custom", "torch", "builtin", "reference")
-LOSS_REDUCTIONS = ("mean", "sum", "token_mean")
 _COMMON_TRAINING_KEYS = (
     "max_steps",
     "num_train_epochs",
@@ -33,6 +40,80 @@ _COMMON_TRAINING_KEYS = (
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
+
+
+# -- reading YAML -------------------------------------------------------------------------------------------
+
+
+class _Plain(str):
+    """An unquoted YAML scalar that is neither null nor true/false, kept as written until the schema says
+    which type the field it fills has (:func:`_coerce`)."""
+
+
+# YAML 1.2 core-schema numbers: a float needs no dot (3e-4, 1e5), and a leading zero is not octal.
+_INT_RE = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_FLOAT_RE = re.compile(
+    r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
+)
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.1's implicit typing removed: only ``true``/``false`` (any case
+    spelling YAML 1.2 allows) are booleans, null stays null, and every other unquoted scalar becomes a
+    :class:`_Plain` string that the schema types later."""
+
+
+_RETYPED = {_BOOL_TAG, "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _RETYPED]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _construct_str(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    value = loader.construct_scalar(node)
+    return _Plain(value) if node.style is None and node.tag == _STR_TAG else value
+
+
+_ConfigLoader.add_constructor(_STR_TAG, _construct_str)
+
+
+def _infer(text: str) -> Any:
+    """The YAML 1.2 core-schema value of an unquoted scalar: int, float, or the text itself."""
+    if _INT_RE.fullmatch(text):
+        return int(text, 0) if text[:2] in ("0o", "0x") else int(text)
+    if _FLOAT_RE.fullmatch(text):
+        low = text.lower()
+        if low.lstrip("+-") in (".inf", ".nan"):
+            return float(low.replace(".", ""))  # Python spells them inf, -inf, nan
+        return float(text)
+    return str(text)
+
+
+def _plain_data(value: Any) -> Any:
+    """``value`` with every :class:`_Plain` typed by YAML 1.2 rules (for fields of type Any or dict)."""
+    if isinstance(value, _Plain):
+        return _infer(value)
+    if isinstance(value, dict):
+        return {str(k) if isinstance(k, str) else k: _plain_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_data(v) for v in value]
+    return value
+
+
+def _load_raw(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with the config rules above (3e-4 is a number, ``no`` is a word); every value comes
+    back as an ordinary Python type."""
+    return _plain_data(_load_raw(text))
 
 
 @dataclass
@@ -118,19 +199,50 @@ class DataConfig:
     chars_to_drop: str = ',?.!-;:"“”%‘’�()[]{}'
 
 
+LOSS_IMPLS = ("custom", "torch", "builtin", "reference")
+LOSS_REDUCTIONS = ("mean", "sum", "token_mean")
+
+
 @dataclass
 class LossConfig:
-    """Which CTC loss the trainer uses, and how it is reduced.
+    """Which CTC loss the trainer uses, and how it is reduced; checked when it is built (a bad choice raises
+    ``ValueError`` naming the field)."""
 
-    ``impl``: ``custom`` (asr_ctc.ctc_loss), ``torch`` (F.ctc_loss), ``builtin`` (the model's own loss) or
-    ``reference`` (the slow parity port, for demonstration). ``reduction``: ``mean`` (torch's: each loss over
-    its target length, averaged over utterances), ``sum``, or ``token_mean`` (summed losses over the number
-    of target tokens in the whole optimiser step, across accumulation steps and processes).
-    """
+    impl: str = field(
+        default="custom",
+        metadata={
+            "help": "custom (asr_ctc.ctc_loss), torch (F.ctc_loss), builtin (the model's own loss) or "
+            "reference (the slow parity port, for demonstration)",
+            "choices": LOSS_IMPLS,
+        },
+    )
+    reduction: str = field(
+        default="mean",
+        metadata={
+            "help": "mean (torch's: each loss over its target length, averaged over utterances), sum, or "
+            "token_mean (summed losses over the number of target tokens in the whole optimiser step, "
+            "across accumulation steps and processes)",
+            "choices": LOSS_REDUCTIONS,
+        },
+    )
+    zero_infinity: bool = field(
+        default=True,
+        metadata={"help": "zero the loss and gradient of utterances that have no valid alignment"},
+    )
 
-    impl: str = "custom"
-    reduction: str = "mean"
-    zero_infinity: bool = True
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices is not None and value not in choices:
+                raise ValueError(f"{f.name}: expected one of {', '.join(choices)}, got {value!r}")
+        if not isinstance(self.zero_infinity, bool):
+            raise ValueError(f"zero_infinity: expected bool, got {self.zero_infinity!r}")
+        if self.impl == "builtin" and self.reduction == "token_mean":
+            raise ValueError(
+                "reduction: token_mean needs impl custom, torch or reference "
+                "(the model's builtin loss only knows mean and sum)"
+            )
 
 
 DECODERS = ("greedy", "beam", "lm")
@@ -173,92 +285,128 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     training: dict[str, Any] = field(default_factory=dict)
-    # Directory the config file was read from: relative manifest paths are resolved against it.
-    base_dir: str = "."
 
-    def resolve(self, path: str | None) -> Path | None:
-        """Resolve a path from the config against the directory of the config file."""
-        if path is None:
-            return None
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else (Path(self.base_dir) / p)
+
+
+# -- checking values against the schema ---------------------------------------------------------------------
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(str(e.value) for e in tp)
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_args(tp):  # list[str], dict[str, Any]
+        return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check (and gently convert) one YAML value against a dataclass field type."""
+def _got(value: Any) -> str:
+    value = _plain_data(value)  # name what the user wrote: "got float 1.5", not "got str '1.5'"
+    if isinstance(value, str):
+        return f"str {str(value)!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _coerce(value: Any, tp: Any, key: str, int_to_float: bool = True) -> Any:
+    """Check (and gently convert) one YAML value against a field type.
+
+    A :class:`_Plain` (unquoted) scalar takes the field's type: text for ``str``, a number for ``int`` or
+    ``float`` when it spells one. A quoted string stays a string. ``int_to_float`` turns ints into floats
+    for float fields (the project's dataclasses); ``TrainingArguments`` values keep the number as written.
+    """
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        members = [a for a in args if a is not type(None)]
+        # transformers types its enum options "Enum | str" for convenience; only the enum values are valid.
+        enums = [a for a in members if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and set(members) == {enums[0], str}:
+            return _coerce(value, enums[0], key, int_to_float)
+        for arg in members:
             try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+                return _coerce(value, arg, key, int_to_float)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_got(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {_got(value)}")
         return _build(tp, value, key)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
+    if origin is list or tp is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+            raise ConfigError(f"{key}: expected a list, got {_got(value)}")
+        return [_coerce(v, item_tp, f"{key}[{i}]", int_to_float) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
-    if tp is bool:
+            raise ConfigError(f"{key}: expected a mapping, got {_got(value)}")
+        return _plain_data(value)
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        plain = _infer(value) if isinstance(value, _Plain) else value
+        if plain in allowed and type(plain) in {type(a) for a in allowed}:
+            return plain
+    elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value.value
+        if isinstance(value, str) and value in {e.value for e in tp}:
+            return str(value)
+    elif tp is bool:
         if isinstance(value, bool):
             return value
     elif tp is int:
+        if isinstance(value, _Plain) and _INT_RE.fullmatch(value):
+            return _infer(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        if isinstance(value, _Plain) and _FLOAT_RE.fullmatch(value):
+            value = _infer(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return float(value) if int_to_float else value
     elif tp is str:
         if isinstance(value, str):
-            return value
+            return str(value)
     elif tp is Any:
-        return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return _plain_data(value)
+    elif isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_got(value)}")
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
+    unknown = sorted(str(k) for k in set(raw) - set(names))
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
             f"unknown key {where}{unknown[0]}; valid keys{' under ' + prefix if prefix else ''}: "
-            + ", ".join(n for n in names if n != "base_dir")
+            + ", ".join(names)
         )
     kwargs = {}
     for name, value in raw.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
+        key = f"{prefix}.{name}" if prefix else str(name)
+        kwargs[str(name)] = _coerce(value, hints[name], key)
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in kwargs
+    ]
+    if missing:
+        raise ConfigError(f"missing required key {(prefix + '.') if prefix else ''}{missing[0]}")
     try:
         return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-            and f.name not in kwargs
-        ]
-        raise ConfigError(f"missing required key {(prefix + '.') if prefix else ''}{missing[0]}") from exc
+    except ValueError as exc:  # a dataclass's own __post_init__ check, whose message starts with the field
+        raise ConfigError(f"{prefix}.{exc}" if prefix else str(exc)) from exc
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -275,38 +423,38 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    """Apply ``key.sub=value`` overrides to a raw config mapping; values are YAML, read by the same rules
+    as the config file."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. training.max_steps=50")
         key, text = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+        try:
+            value = _load_raw(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from exc
+        _set_dotted(raw, key.strip(), value)
     return raw
 
 
-def _validate(cfg: ExperimentConfig, check_files: bool) -> None:
-    if cfg.loss.impl not in LOSS_IMPLS:
-        raise ConfigError(f"loss.impl: expected one of {', '.join(LOSS_IMPLS)}, got {cfg.loss.impl!r}")
-    if cfg.loss.reduction not in LOSS_REDUCTIONS:
-        raise ConfigError(
-            f"loss.reduction: expected one of {', '.join(LOSS_REDUCTIONS)}, got {cfg.loss.reduction!r}"
-        )
-    if cfg.loss.impl == "builtin" and cfg.loss.reduction == "token_mean":
-        raise ConfigError(
-            "loss.reduction: token_mean needs loss.impl custom, torch or reference "
-            "(the model's builtin loss only knows mean and sum)"
-        )
+def _check_training(training: dict[str, Any]) -> dict[str, Any]:
+    """Check every ``training`` key and value against :class:`transformers.TrainingArguments`' fields."""
     from transformers import TrainingArguments  # heavy import, only when a config is really checked
 
-    valid = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-    unknown = sorted(set(cfg.training) - valid)
+    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    unknown = sorted(str(k) for k in set(training) - fields)
     if unknown:
         raise ConfigError(
             f"unknown key training.{unknown[0]}: not a transformers.TrainingArguments field "
             f"(common ones: {', '.join(_COMMON_TRAINING_KEYS)})"
         )
-    if "output_dir" in cfg.training:
+    if "output_dir" in training:
         raise ConfigError("training.output_dir: set the top-level output_dir instead")
+    hints = typing.get_type_hints(TrainingArguments)
+    return {str(k): _coerce(v, hints[k], f"training.{k}", int_to_float=False) for k, v in training.items()}
+
+
+def _validate(cfg: ExperimentConfig, check_files: bool) -> None:
     for split in ("train", "eval", "test"):
         src = getattr(cfg.data, split)
         if src is None:
@@ -318,18 +466,42 @@ def _validate(cfg: ExperimentConfig, check_files: bool) -> None:
         if src.streaming and src.hub_name is None:
             raise ConfigError(f"data.{split}.streaming: only a hub_name source can be streamed")
         if src.manifest is not None and check_files:
-            path = cfg.resolve(src.manifest)
+            path = Path(src.manifest).expanduser()
             if not path.is_file():
                 raise ConfigError(f"data.{split}.manifest: file not found: {path}")
 
 
-def config_from_dict(
-    raw: dict[str, Any], base_dir: str | Path = ".", check_files: bool = True
-) -> ExperimentConfig:
+# Where report_to integrations come from, for the ones this project offers as extras.
+_REPORTING_PACKAGES = {"tensorboard": (("tensorboard", "tensorboardX"), "asr-ctc[tensorboard]")}
+
+
+def check_reporting(training: dict[str, Any]) -> None:
+    """Fail early, with a ConfigError, when ``training.report_to`` names a logger whose package is missing
+    (the Trainer would only fail once the model and data are loaded)."""
+    report_to = training.get("report_to", "none")
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        modules, extra = _REPORTING_PACKAGES.get(name, ((name,), None))
+        if name in ("none", "all"):
+            continue
+        if not any(importlib.util.find_spec(m) is not None for m in modules):
+            how = f"pip install '{extra}'" if extra else f"pip install {modules[0]}"
+            raise ConfigError(
+                f"training.report_to: {name} needs the {modules[0]} package, which is not installed ({how})"
+            )
+
+
+def config_from_dict(raw: dict[str, Any], check_files: bool = True) -> ExperimentConfig:
     """Build and validate an :class:`ExperimentConfig` from a raw mapping (as read from YAML)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
-    cfg = _build(ExperimentConfig, {**raw, "base_dir": str(base_dir)}, "")
+    raw = dict(raw)
+    # training is checked against TrainingArguments' own field types, with its unquoted values still raw.
+    training = raw.pop("training", None) or {}
+    if not isinstance(training, dict):
+        raise ConfigError(f"training: expected a mapping, got {_got(training)}")
+    cfg = _build(ExperimentConfig, raw, "")
+    cfg.training = _check_training(training)
     _validate(cfg, check_files)
     return cfg
 
@@ -345,17 +517,14 @@ def load_config(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config: file not found: {path}")
-    with open(path, encoding="utf-8") as handle:
-        try:
-            raw = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {path}: not valid YAML: {exc}") from exc
+    try:
+        raw = _load_raw(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML: {exc}") from exc
     raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, base_dir=".", check_files=check_files)
+    return config_from_dict(raw, check_files=check_files)
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as a plain mapping (what gets saved next to a checkpoint)."""
-    out = dataclasses.asdict(cfg)
-    out.pop("base_dir", None)
-    return out
+    return dataclasses.asdict(cfg)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -11,19 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
-from transformers import EvalPrediction, TrainingArguments, Wav2Vec2Processor, set_seed
+from transformers import TrainingArguments, Wav2Vec2Processor, set_seed
 
-from .config import ConfigError, ExperimentConfig, to_dict
-from .data.collator import IGNORE_INDEX, CTCDataCollator
+from .config import ConfigError, ExperimentConfig, check_reporting, load_yaml, to_dict
+from .data.collator import CTCDataCollator
 from .data.dataset import open_split, open_streaming_split, streaming_texts
 from .data.index import load_source_index
 from .data.vocab import build_processor, build_vocab
-from .decode import collapse, wer_cer
 from .fileio import atomic_write_text
 from .lm import LM_DIR, build_lm_dir
-from .modeling import build_model
+from .metrics import argmax_logits, make_compute_metrics
+from .modeling import build_model, frame_lengths, load_checkpoint_processor
 from .plots import plot_training_curves
 from .trainer import CTCTrainer
 
@@ -31,9 +33,52 @@ logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.yaml"
 
-# TrainingArguments defaults that differ from transformers' for this project: no hub or wandb reporting
-# (offline), and the eval loop keeps our greedy ids instead of logits.
+# TrainingArguments defaults that differ from transformers' for this project: no reporting to external
+# loggers unless asked (offline by default). (The memory-light evaluation, ids instead of logits, is the
+# preprocess_logits_for_metrics that run_finetune passes, not a TrainingArguments default.)
 _TRAINING_DEFAULTS: dict[str, Any] = {"report_to": "none"}
+
+# TrainingArguments keys that do not change the optimisation trajectory: a resumed run may change them.
+# Everything else (learning rate, schedule, batch sizes, seed, accumulation, weight decay, precision,
+# optimiser, ...) must match, and so must every other section that changes the math (model, loss, and the
+# training data with its filters and text normalisation).
+_RESUME_FREE_TRAINING_KEYS = frozenset(
+    {
+        "max_steps",
+        "num_train_epochs",
+        "run_name",
+        "project",
+        "disable_tqdm",
+        "report_to",
+        "per_device_eval_batch_size",
+        "prediction_loss_only",
+        "batch_eval_metrics",
+        "bf16_full_eval",
+        "fp16_full_eval",
+        "metric_for_best_model",
+        "greater_is_better",
+        "load_best_model_at_end",
+        "skip_memory_metrics",
+        "do_train",
+        "do_eval",
+        "do_predict",
+        "resume_from_checkpoint",
+        "restore_callback_states_from_checkpoint",
+        "enable_jit_checkpoint",
+        "push_to_hub",
+        "ddp_timeout",
+        "local_rank",
+        "torch_empty_cache_steps",
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "dataloader_persistent_workers",
+        "dataloader_prefetch_factor",
+        "dataloader_multiprocessing_context",
+    }
+)
+_RESUME_FREE_TRAINING_PREFIXES = ("logging_", "log_", "eval_", "save_", "hub_", "include_", "trackio_")
+# The data that is not the training data does not change the math either.
+_RESUME_FREE_DATA_KEYS = ("eval", "test")
 
 
 class OutputDirError(ValueError):
@@ -47,11 +92,76 @@ class FinetuneResult:
     is_main_process: bool = True
 
 
+def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}.{key}"))
+        return out
+    return {prefix: tree}
+
+
+def _training_defaults() -> dict[str, Any]:
+    fields = dataclasses.fields(TrainingArguments)
+    defaults = {f.name: f.default for f in fields if f.init and f.default is not dataclasses.MISSING}
+    return {**defaults, **_TRAINING_DEFAULTS}
+
+
+def _math_view(tree: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a saved/new config (``to_dict`` form) that change what training computes, flattened."""
+    data = {k: v for k, v in (tree.get("data") or {}).items() if k not in _RESUME_FREE_DATA_KEYS}
+    train = dict(data.get("train") or {})
+    if train.get("manifest"):  # the same file, however its path is spelt
+        train["manifest"] = os.path.abspath(os.path.expanduser(train["manifest"]))
+    data["train"] = train
+    training = {**_training_defaults(), **(tree.get("training") or {})}
+    training = {
+        k: v
+        for k, v in training.items()
+        if k not in _RESUME_FREE_TRAINING_KEYS and not k.startswith(_RESUME_FREE_TRAINING_PREFIXES)
+    }
+    view: dict[str, Any] = {}
+    for name, section in (("model", tree.get("model")), ("data", data), ("loss", tree.get("loss"))):
+        view.update(_flatten(section or {}, name))
+    view.update({f"training.{k}": v for k, v in training.items()})
+    return view
+
+
+def resume_differences(saved: dict[str, Any], cfg: ExperimentConfig) -> list[str]:
+    """What differs between a saved run config and ``cfg`` in the keys that change the training math, as
+    ``key: old -> new`` lines (empty when the run can be resumed with ``cfg``)."""
+    old, new = _math_view(saved), _math_view(to_dict(cfg))
+    return [
+        f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k, "(unset)") != new.get(k, "(unset)")
+    ]
+
+
+def _delete_run(out: Path) -> None:
+    files = [p for p in out.rglob("*") if p.is_file()]
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
+    logger.warning(
+        "--overwrite: deleting %s and everything in it (%d files%s)",
+        out,
+        len(files),
+        f"; checkpoints {', '.join(checkpoints)}" if checkpoints else "",
+    )
+    shutil.rmtree(out)
+
+
+def _finished(out: Path) -> bool:
+    """The run ran to its end (it may have saved no checkpoint: save_strategy no)."""
+    return (out / "train_metrics.json").exists()
+
+
 def check_output_dir(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> str | None:
     """Refuse to mix runs in one directory; return the checkpoint to resume from, if any.
 
-    A directory with a saved run config is "a run": resuming needs the same config (apart from the
-    training length, which a resumed run may extend); starting over needs ``overwrite``.
+    A directory with a saved run config is "a run". Resuming it needs the same config in everything that
+    changes the math (see :func:`resume_differences`); starting over needs ``overwrite``. A run that
+    stopped before its first checkpoint (a crash, a kill) has nothing to resume and nothing to lose: the
+    same command (with or without ``resume``) starts it again from step 0.
     """
     out = Path(cfg.output_dir)
     saved = out / RUN_CONFIG
@@ -67,26 +177,38 @@ def check_output_dir(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> st
             )
         return None
     if overwrite:
-        shutil.rmtree(out)
+        _delete_run(out)
+        return None
+    diffs = resume_differences(load_yaml(saved.read_text(encoding="utf-8")) or {}, cfg)
+    listing = "; ".join(diffs)
+    last = latest_complete_checkpoint(out)
+    if last is None and not _finished(out):
+        if diffs:
+            raise OutputDirError(
+                f"output_dir {out} holds a run that stopped before its first checkpoint, with a different "
+                f"config (differs in: {listing}); pass --overwrite to replace it (it has no checkpoint to "
+                "lose) or use another output_dir"
+            )
+        logger.warning(
+            "%s holds a run with this config that stopped before its first checkpoint: starting it again "
+            "from step 0",
+            out,
+        )
         return None
     if not resume:
         raise OutputDirError(
             f"output_dir {out} already holds a run; pass --resume to continue it or --overwrite to start over"
         )
-    old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    new = to_dict(cfg)
-    for tree in (old, new):
-        for key in ("max_steps", "num_train_epochs"):
-            tree.get("training", {}).pop(key, None)
-    if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diffs:
         raise OutputDirError(
-            f"--resume: output_dir {out} holds a run with a different config "
-            f"(differs in: {', '.join(diff)}); use another output_dir or --overwrite"
+            f"--resume: output_dir {out} holds a run with a different config in what changes training "
+            f"(differs in: {listing}); use the run's values, another output_dir, or --overwrite"
         )
-    last = latest_complete_checkpoint(out)
     if last is None:
-        raise OutputDirError(f"--resume: {out} has no complete checkpoint-* directory yet")
+        raise OutputDirError(
+            f"--resume: {out} holds a finished run that saved no checkpoint (save_strategy no); "
+            "nothing to resume"
+        )
     return last
 
 
@@ -115,36 +237,21 @@ def _processor_for(cfg: ExperimentConfig, train_texts: Callable[[], Iterable[str
     """A checkpoint that ships a tokenizer keeps it (so its CTC head stays meaningful); otherwise the
     vocabulary is built from the training transcripts (``train_texts()``, read only then)."""
     src = cfg.model.name_or_path
-    if src and Path(src, "vocab.json").is_file():
-        return Wav2Vec2Processor.from_pretrained(src)
+    if src:
+        processor = load_checkpoint_processor(src)
+        if processor is not None:
+            logger.info("using the tokenizer and feature extractor of %s", src)
+            return processor
+        logger.info("%s ships no tokenizer: building the vocabulary from the training transcripts", src)
     with tempfile.TemporaryDirectory() as tmp:  # the tokenizer reads its vocab file once, at construction
         return build_processor(build_vocab(train_texts()), tmp, cfg.data.sampling_rate)
-
-
-def make_compute_metrics(processor: Wav2Vec2Processor):
-    """WER/CER of greedy predictions whose padding frames were set to -100 by ``prediction_step``."""
-    tokenizer = processor.tokenizer
-    blank = tokenizer.pad_token_id
-
-    def compute_metrics(pred: EvalPrediction) -> dict[str, float]:
-        hyps, refs = [], []
-        for frame_ids, label_ids in zip(pred.predictions, pred.label_ids, strict=True):
-            frame_ids = [int(i) for i in np.asarray(frame_ids) if i != IGNORE_INDEX]
-            hyps.append(tokenizer.decode(collapse(frame_ids, blank), group_tokens=False))
-            # Targets are not collapsed: "ll" in a reference is two letters.
-            refs.append(
-                tokenizer.decode([int(i) for i in label_ids if i != IGNORE_INDEX], group_tokens=False)
-            )
-        wer, cer = wer_cer(refs, hyps)
-        return {"wer": wer, "cer": cer}
-
-    return compute_metrics
 
 
 def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> FinetuneResult:
     """Fine-tune as ``cfg`` says; returns the output directory and the final metrics."""
     out = Path(cfg.output_dir)
     training = {**_TRAINING_DEFAULTS, **cfg.training}
+    check_reporting(training)
     try:
         args = TrainingArguments(output_dir=str(out), **training)
     except (TypeError, ValueError) as exc:  # transformers' own consistency checks on the values
@@ -169,7 +276,7 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
     )
     tokenizer = processor.tokenizer
     model = build_model(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    frames = model._get_feat_extract_output_lengths
+    frames = functools.partial(frame_lengths, model)
 
     report = None
     if streaming:
@@ -194,9 +301,9 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
         eval_dataset=eval_ds,
         processing_class=processor,
         compute_metrics=make_compute_metrics(processor) if eval_ds is not None else None,
-        ctc_impl=cfg.loss.impl,
-        ctc_reduction=cfg.loss.reduction,
-        ctc_zero_infinity=cfg.loss.zero_infinity,
+        # Only the (B, T) frame ids are accumulated over the evaluation set, not (B, T, C) logits.
+        preprocess_logits_for_metrics=argmax_logits,
+        loss_config=cfg.loss,
     )
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(out))

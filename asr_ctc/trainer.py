@@ -16,9 +16,10 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .config import LOSS_IMPLS, LOSS_REDUCTIONS
+from .config import LossConfig
 from .ctc import ctc_loss as custom_ctc_loss
 from .data.collator import IGNORE_INDEX
+from .modeling import frame_lengths
 from .seq_loss_util import ctc_loss_like_torch
 
 
@@ -34,10 +35,13 @@ class CTCTrainer(Trainer):
     """A ``transformers.Trainer`` whose ``compute_loss`` is a configurable CTC loss.
 
     Args:
-        ctc_impl: ``custom`` | ``torch`` | ``builtin`` | ``reference`` (see :mod:`asr_ctc.config`).
-        ctc_reduction: ``mean`` (F.ctc_loss's: each utterance's loss over its target length, averaged),
-            ``sum``, or ``token_mean`` (sum over the number of target tokens in the optimiser step).
-        ctc_zero_infinity: zero the loss and gradient of utterances with no valid alignment.
+        loss_config: which loss and reduction (:class:`asr_ctc.config.LossConfig`, validated when built):
+            ``impl`` ``custom`` | ``torch`` | ``builtin`` | ``reference``; ``reduction`` ``mean``
+            (F.ctc_loss's: each utterance's loss over its target length, averaged), ``sum``, or
+            ``token_mean`` (sum over the number of target tokens in the optimiser step); ``zero_infinity``
+            zeroes the loss and gradient of utterances with no valid alignment.
+        ctc_impl, ctc_reduction, ctc_zero_infinity: the same three choices as keywords (used when
+            ``loss_config`` is not given; giving both is an error).
         *args, **kwargs: as for ``transformers.Trainer`` (pass the processor as ``processing_class``).
 
     Every reduction is normalised per optimiser step, so gradient accumulation and several processes
@@ -46,37 +50,55 @@ class CTCTrainer(Trainer):
     totals over the step (``token_mean`` divides by ``num_items_in_batch``, which the Trainer counts over all
     accumulated micro-batches and, with ``average_tokens_across_devices``, all processes) and are multiplied
     by the number of processes to undo DDP's gradient averaging.
+
+    Evaluation follows the Trainer's contract: ``prediction_step`` returns the logits (padding frames
+    forced to the blank, see there), and ``preprocess_logits_for_metrics`` / ``compute_metrics`` see them as
+    for any model; :func:`asr_ctc.metrics.argmax_logits` keeps only the ids, to save memory.
     """
 
     def __init__(
         self,
         *args: Any,
-        ctc_impl: str = "custom",
-        ctc_reduction: str = "mean",
-        ctc_zero_infinity: bool = True,
+        loss_config: LossConfig | None = None,
+        ctc_impl: str | None = None,
+        ctc_reduction: str | None = None,
+        ctc_zero_infinity: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        if ctc_impl not in LOSS_IMPLS:
-            raise ValueError(f"ctc_impl: expected one of {', '.join(LOSS_IMPLS)}, got {ctc_impl!r}")
-        if ctc_reduction not in LOSS_REDUCTIONS:
-            raise ValueError(
-                f"ctc_reduction: expected one of {', '.join(LOSS_REDUCTIONS)}, got {ctc_reduction!r}"
-            )
-        if ctc_impl == "builtin" and ctc_reduction == "token_mean":
-            raise ValueError("ctc_reduction: token_mean is not available with ctc_impl='builtin'")
+        keywords = {"impl": ctc_impl, "reduction": ctc_reduction, "zero_infinity": ctc_zero_infinity}
+        keywords = {k: v for k, v in keywords.items() if v is not None}
+        if loss_config is None:
+            try:
+                loss_config = LossConfig(**keywords)
+            except ValueError as exc:  # name the keyword the caller used: "ctc_impl: expected one of ..."
+                raise ValueError(f"ctc_{exc}") from exc
+        elif keywords:
+            given = ", ".join("ctc_" + k for k in keywords)
+            raise ValueError(f"loss_config: given together with {given}; pass one or the other")
         super().__init__(*args, **kwargs)
-        self.ctc_impl = ctc_impl
-        self.ctc_reduction = ctc_reduction
-        self.ctc_zero_infinity = ctc_zero_infinity
+        self.loss_config = loss_config
         # The Trainer counts target tokens over the accumulated micro-batches (num_items_in_batch) only for
         # models that "accept loss kwargs"; token_mean needs that count whatever the model.
         self.model_accepts_loss_kwargs = True
         # A per-batch mean still has to be divided by the accumulation steps; sums over the step do not.
-        self.loss_is_scaled_for_ga = ctc_reduction != "mean"
-        if ctc_impl == "builtin":
+        self.loss_is_scaled_for_ga = loss_config.reduction != "mean"
+        if loss_config.impl == "builtin":
+            # The one place the model's own CTC settings are written: they are this loss config's.
             config = self.accelerator.unwrap_model(self.model).config
-            config.ctc_loss_reduction = ctc_reduction
-            config.ctc_zero_infinity = ctc_zero_infinity
+            config.ctc_loss_reduction = loss_config.reduction
+            config.ctc_zero_infinity = loss_config.zero_infinity
+
+    @property
+    def ctc_impl(self) -> str:
+        return self.loss_config.impl
+
+    @property
+    def ctc_reduction(self) -> str:
+        return self.loss_config.reduction
+
+    @property
+    def ctc_zero_infinity(self) -> bool:
+        return self.loss_config.zero_infinity
 
     # -- pieces of the loss ---------------------------------------------------------------------------
 
@@ -93,8 +115,7 @@ class CTCTrainer(Trainer):
         if mask is None:
             batch = inputs["input_values"].shape[0]
             return torch.full((batch,), num_frames, dtype=torch.long, device=inputs["input_values"].device)
-        unwrapped = self.accelerator.unwrap_model(model)
-        return unwrapped._get_feat_extract_output_lengths(mask.sum(-1)).to(torch.long)
+        return frame_lengths(self.accelerator.unwrap_model(model), mask.sum(-1))
 
     def per_utterance_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, frame_lengths: torch.Tensor, blank: int
@@ -228,15 +249,22 @@ class CTCTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """Loss, and greedy frame ids with the padding frames set to -100 so they are never decoded."""
+        """Loss, logits (B, T, C) and labels, as the Trainer's contract says.
+
+        The logits of each utterance's padding frames (past its frame length) are replaced by a row that
+        puts all the probability on the blank (0 there, the dtype's most negative value elsewhere): a model
+        trained on padded batches never learned what to emit on those frames, and argmax-then-decode of
+        this row gives nothing, so any HF-style ``compute_metrics`` sees the length-cut result.
+        """
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
-        logits = outputs.logits
+        logits = outputs.logits.detach()
         lengths = self.frame_lengths(model, inputs, logits.shape[1])
-        pred = logits.argmax(dim=-1)
-        frames = torch.arange(pred.shape[1], device=pred.device)
-        pred = pred.masked_fill(frames.unsqueeze(0) >= lengths.unsqueeze(1), IGNORE_INDEX)
-        return loss.detach(), pred, inputs["labels"]
+        padding = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0) >= lengths.unsqueeze(1)
+        blank_row = torch.full((logits.shape[-1],), torch.finfo(logits.dtype).min, dtype=logits.dtype)
+        blank_row[self.blank_id(model)] = 0
+        logits = torch.where(padding.unsqueeze(-1), blank_row.to(logits.device), logits)
+        return loss.detach(), logits, inputs["labels"]

@@ -191,3 +191,137 @@ def test_bad_impl_is_rejected(tiny_processor, tmp_path):
     ds = random_dataset(tiny_processor, 2)
     with pytest.raises(ValueError, match="ctc_impl: expected one of custom, torch, builtin, reference"):
         _trainer(tiny_processor, _model(tiny_processor), ds, tmp_path, impl="warp")
+
+
+def test_loss_config_and_the_ctc_keywords_are_the_same_choice(tiny_processor, tmp_path):
+    from asr_ctc.config import LossConfig
+
+    ds = random_dataset(tiny_processor, 2)
+    model = _model(tiny_processor)
+    by_keywords = _trainer(tiny_processor, model, ds, tmp_path, impl="builtin", reduction="sum")
+    assert by_keywords.loss_config == LossConfig(impl="builtin", reduction="sum", zero_infinity=True)
+    # The model's own CTC settings are written in one place, from the loss config.
+    assert model.config.ctc_loss_reduction == "sum" and model.config.ctc_zero_infinity is True
+    trainer = CTCTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none"),
+        processing_class=tiny_processor,
+        loss_config=LossConfig(impl="torch", reduction="token_mean"),
+    )
+    assert (trainer.ctc_impl, trainer.ctc_reduction) == ("torch", "token_mean")
+    with pytest.raises(ValueError, match="loss_config: given together with ctc_impl"):
+        CTCTrainer(model=model, loss_config=LossConfig(), ctc_impl="torch")
+    with pytest.raises(ValueError, match="ctc_reduction: token_mean needs impl custom"):
+        _trainer(tiny_processor, model, ds, tmp_path, impl="builtin", reduction="token_mean")
+
+
+def test_frame_lengths_follow_the_conv_arithmetic(tiny_processor):
+    from asr_ctc.modeling import frame_lengths, samples_per_frame
+
+    model = _model(tiny_processor).eval()
+    samples = torch.tensor([400, 1599, 1600, 8000, 12345])
+    expected = []
+    for n in samples.tolist():  # each conv layer: floor((n - kernel) / stride) + 1
+        for k, s in zip(model.config.conv_kernel, model.config.conv_stride, strict=True):
+            n = (n - k) // s + 1
+        expected.append(n)
+    assert frame_lengths(model, samples).tolist() == expected
+    assert frame_lengths(model, samples).dtype == torch.long
+    with torch.no_grad():
+        logits = model(torch.randn(1, 12345)).logits
+    assert logits.shape[1] == expected[-1]
+    assert samples_per_frame(model) == 160  # 10 * 4 * 4
+
+
+def _hf_style_compute_metrics(processor, seen):
+    """What the HuggingFace fine-tuning examples write: argmax over the logits, batch_decode."""
+    from asr_ctc.decode import wer_cer
+
+    def compute_metrics(pred):
+        pred_ids = np.argmax(pred.predictions, axis=-1)
+        label_ids = pred.label_ids.copy()
+        label_ids[label_ids == -100] = processor.tokenizer.pad_token_id
+        hyps = processor.batch_decode(pred_ids)
+        refs = processor.batch_decode(label_ids, group_tokens=False)
+        seen["hyps"] = hyps
+        wer, cer = wer_cer(refs, hyps)
+        return {"wer": wer, "cer": cer}
+
+    return compute_metrics
+
+
+def test_eval_predictions_follow_the_trainer_contract(tiny_processor, tmp_path):
+    """prediction_step gives logits; a user's HF-style compute_metrics, ours on logits and ours on argmaxed
+    ids (the finetune default) all see the transcripts of each utterance decoded alone, without padding."""
+    from asr_ctc.decode import greedy_decode
+    from asr_ctc.metrics import argmax_logits, make_compute_metrics
+
+    ds = random_dataset(tiny_processor, 7, seed=8)
+    model = _model(tiny_processor, seed=9).eval()
+    collate = CTCDataCollator(tiny_processor)
+    alone = []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            logits = model(input_values=collate([ds[i]])["input_values"]).logits
+            alone += greedy_decode(logits, None, tiny_processor.tokenizer)
+    assert len(set(alone)) > 1 and all(alone)  # a random model: varied, non-empty transcripts
+
+    def run(compute_metrics, preprocess=None):
+        trainer = CTCTrainer(
+            model=model,
+            args=TrainingArguments(
+                output_dir=str(tmp_path / "o"),
+                use_cpu=True,
+                report_to="none",
+                per_device_eval_batch_size=3,  # batches of different lengths: the Trainer pads with -100
+                eval_strategy="no",
+                disable_tqdm=True,
+            ),
+            data_collator=collate,
+            eval_dataset=ds,
+            processing_class=tiny_processor,
+            compute_metrics=compute_metrics,
+            preprocess_logits_for_metrics=preprocess,
+        )
+        return trainer.evaluate()
+
+    seen = {}
+    hf = run(_hf_style_compute_metrics(tiny_processor, seen))
+    assert seen["hyps"] == alone
+    ours_on_logits = run(make_compute_metrics(tiny_processor))
+    ours_on_ids = run(make_compute_metrics(tiny_processor), argmax_logits)
+    refs = [ds.texts[i] for i in range(len(ds))]
+    from asr_ctc.decode import wer_cer
+
+    expected_wer, expected_cer = wer_cer(refs, alone)
+    for result in (hf, ours_on_logits, ours_on_ids):
+        assert result["eval_wer"] == pytest.approx(expected_wer)
+        assert result["eval_cer"] == pytest.approx(expected_cer)
+
+    calls = []
+
+    def preprocess(logits, labels):
+        calls.append(tuple(logits.shape))
+        return argmax_logits(logits, labels)
+
+    run(make_compute_metrics(tiny_processor), preprocess)
+    assert len(calls) == 3 and all(len(shape) == 3 for shape in calls)  # honoured, on (B, T, C) logits
+
+
+def test_padding_frames_of_eval_logits_are_blank(tiny_processor, tmp_path):
+    ds = random_dataset(tiny_processor, 4, seed=10)
+    model = _model(tiny_processor).eval()
+    trainer = _trainer(tiny_processor, model, ds, tmp_path)
+    batch = CTCDataCollator(tiny_processor)([ds[i] for i in range(len(ds))])
+    _, logits, labels = trainer.prediction_step(model, batch, prediction_loss_only=False)
+    with torch.no_grad():
+        raw = model(input_values=batch["input_values"], attention_mask=batch["attention_mask"]).logits
+    from asr_ctc.modeling import frame_lengths
+
+    lengths = frame_lengths(model, batch["attention_mask"].sum(-1))
+    assert logits.shape == raw.shape and torch.equal(labels, batch["labels"])
+    for row, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(logits[row, :n], raw[row, :n])
+        assert (logits[row, n:].argmax(-1) == tiny_processor.tokenizer.pad_token_id).all()
+        assert torch.isfinite(torch.log_softmax(logits[row, n:], -1)).all()
+    assert (lengths < raw.shape[1]).any()

@@ -193,7 +193,7 @@ def load_source_index(
         "version": INDEX_VERSION,
     }
     if source.manifest is not None:
-        manifest = Path(source.manifest)
+        manifest = Path(source.manifest).expanduser()
         # The manifest's bytes and its resolved location (relative audio paths depend on it) key the cache.
         key = _digest(manifest.read_bytes(), str(manifest.resolve()), config_part)
 
