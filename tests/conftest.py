@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import WORDS, random_dataset, tiny_model_config, tiny_run_config  # noqa: F401 (re-exported)
+from helpers import WORDS
 
 from asr_ctc.data.vocab import build_processor, build_vocab
 

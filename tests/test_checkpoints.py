@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 from transformers import (
     AutoModel,
     AutoModelForCTC,

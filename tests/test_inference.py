@@ -79,7 +79,11 @@ def test_timestamps_and_plots(trained, tmp_path):
     assert len(words) == res.num_utterances
     for rec in words:
         ref = rec["reference"]  # the reference transcript always fits its frames (tiny model: 100 frames/s)
-        assert ref is not None and " ".join(w["word"] for w in ref) == rec_text(tmp_path, rec["id"])
+        spelled = rec_text(tmp_path, rec["id"]).split()
+        assert ref is not None and len(ref) == len(spelled)
+        # Word by word, as the tokenizer spells it (a character outside the vocabulary reads <unk>).
+        for w, word in zip(ref, spelled, strict=True):
+            assert w["word"] == word or "<unk>" in w["word"]
         starts = [w["start"] for w in ref]
         assert starts == sorted(starts) and all(w["end"] > w["start"] for w in ref)
     ctm = (tmp_path / "reference.ctm").read_text().splitlines()

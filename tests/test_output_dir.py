@@ -8,7 +8,7 @@ import os
 
 import pytest
 import yaml
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 from asr_ctc.config import ConfigError, config_from_dict, to_dict
 from asr_ctc.finetune import RUN_CONFIG, OutputDirError, check_output_dir, run_finetune

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 from asr_ctc.finetune import latest_complete_checkpoint
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_dataset, tiny_model_config
 from helpers import InMemorySpeechDataset as SpeechDataset
+from helpers import random_dataset, tiny_model_config
 from transformers import TrainingArguments
 
 from asr_ctc.data.collator import CTCDataCollator
