@@ -49,5 +49,5 @@ def test_finetune_then_inference_scripts(tiny_corpus, tmp_path):
     assert 0.0 <= summary["cer"] and 0.0 <= summary["wer"]
     assert f"WER {100 * summary['wer']:.2f}%" in done.stdout
     rows = (run / "inference_test" / "transcripts.tsv").read_text().splitlines()
-    assert rows[0] == "id\treference\thypothesis\terrors\tref_words"
+    assert rows[0] == "id\treference\thypothesis\terrors\tref_words\tgreedy"
     assert len(rows) == summary["num_utterances"] + 1

@@ -165,8 +165,8 @@ class SourceIndex:
 
     def texts(self) -> list[str]:
         """Normalised transcripts of the usable rows (for building a vocabulary)."""
-        usable = self.table.filter(lambda e: [not x for x in e], input_columns="error", batched=True)
-        return usable["text"]
+        cols = self.table.select_columns(["text", "error"])[:]
+        return [t for t, e in zip(cols["text"], cols["error"], strict=True) if not e]
 
 
 _TEXT_FIELDS = ("audio_column", "text_column", "id_column", "sampling_rate", "lowercase", "chars_to_drop")
