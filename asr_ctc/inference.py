@@ -429,14 +429,11 @@ def _tune(model, processor, cfg, run_dir, opts, batch_size, num_workers, device,
         batches.append(log_probs)
         lengths.append(n)
         refs.extend(dataset.texts[i] for i in idx)
-    decoders: dict[tuple[float, float], Any] = {}
+    decoder = _decoder(run_dir, processor, opts)  # the trie and the LM are built once, then reweighted
 
     def decode(lm_weight, word_score, log_probs, n):
-        key = (lm_weight, word_score)
-        if key not in decoders:
-            decoders.clear()  # one decoder at a time: each holds the LM
-            decoders[key] = _decoder(run_dir, processor, opts, lm_weight=lm_weight, word_score=word_score)
-        return decoders[key].decode(log_probs, n)
+        decoder.set_weights(lm_weight, word_score)
+        return decoder.decode(log_probs, n)
 
     start = time.perf_counter()
     lm_weight, word_score, table = tune_lm_weights(
