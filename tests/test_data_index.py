@@ -180,3 +180,34 @@ def test_late_unreadable_everywhere_is_an_error_not_a_hang(corpus, tmp_path, tin
         (corpus / f"u{i}.wav").write_bytes(b"")
     with pytest.raises(dataset_mod.EmptyDatasetError, match="could be decoded"):
         ds[0]
+
+
+def test_hub_style_sources_keep_their_arrow_table(corpus, tmp_path, tiny_processor, count_decodes):
+    """A ``datasets`` builder source: paths (json) and encoded bytes (parquet with an Audio feature)."""
+    import datasets
+
+    rows = [{"id": f"u{i}", "audio": str(corpus / f"u{i}.wav"), "text": "Play Jazz"} for i in range(6)]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    blobs = datasets.Dataset.from_dict(
+        {
+            "id": [r["id"] for r in rows],
+            "audio": [{"bytes": (corpus / f"u{i}.wav").read_bytes(), "path": None} for i in range(6)],
+            "text": [r["text"] for r in rows],
+        }
+    ).cast_column("audio", datasets.Audio(decode=False))
+    blobs.to_parquet(str(tmp_path / "m.parquet"))
+    for builder, files in (("json", "m.jsonl"), ("parquet", "m.parquet")):
+        data = DataConfig(
+            train=SourceConfig(hub_name=builder, data_files=str(tmp_path / files)),
+            cache_dir=str(tmp_path / "cache"),
+            min_duration_s=0.1,
+        )
+        index = load_source_index(data.train, data, "train")
+        assert index.hub_table is not None and index.table["row"] == list(range(6))
+        assert index.table["audio"][0] == ("" if builder == "parquet" else rows[0]["audio"])  # bytes stay put
+        ds, report = open_split(index, tiny_processor, data, frame_counter=lambda n: n // 160)
+        assert count_decodes == [] and report.kept == 6, builder
+        for i in (0, 5):
+            assert len(ds[i]["input_values"]) == ds.lengths[i]
+        assert ds[1]["labels"] == tiny_processor.tokenizer("play jazz").input_ids
+        count_decodes.clear()

@@ -127,6 +127,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         """Decode one index row's audio to mono float32 at ``sampling_rate``."""
         if row["row"] >= 0:
             ref = self.hub_table[int(row["row"])][self.audio_column]
+            if isinstance(ref, str):
+                return load_audio(ref, self.sampling_rate)
             if ref.get("bytes"):
                 return decode_audio(ref["bytes"], self.sampling_rate, row["id"])
             return load_audio(ref["path"], self.sampling_rate)

@@ -137,6 +137,8 @@ def _index_rows(
             path = audio
         else:
             ref = batch[hub_audio][i] or {}
+            if isinstance(ref, str):  # a builder without an Audio feature (json, csv) gives the path
+                ref = {"path": ref}
             audio = ref.get("bytes") or ref.get("path") or ""
             path = "" if ref.get("bytes") else (ref.get("path") or "")
         n, why = _header_samples(audio, data_cfg.sampling_rate) if audio else (0, "no audio reference")
@@ -237,13 +239,15 @@ def load_source_index(
         )
         # The audio stays in the hub's own Arrow files: the index keeps only the row number.
         raw = hub.select_columns([data_cfg.audio_column, data_cfg.text_column])
+        # Renamed out of the way: the index's own ``audio`` column is a plain path, not an Audio feature.
+        raw = raw.rename_column(data_cfg.audio_column, "_audio_ref")
         raw = raw.rename_column(data_cfg.text_column, "text") if data_cfg.text_column != "text" else raw
         raw = raw.add_column("id", [str(i) for i in ids]).add_column("row", list(range(len(hub))))
         return raw.map(
             _index_rows,
             batched=True,
-            fn_kwargs={"data_cfg": data_cfg, "hub_audio": data_cfg.audio_column},
-            remove_columns=[c for c in [data_cfg.audio_column] if c != "audio"],
+            fn_kwargs={"data_cfg": data_cfg, "hub_audio": "_audio_ref"},
+            remove_columns=["_audio_ref"],
             num_proc=_num_proc(len(raw), data_cfg.preprocessing_num_workers),
             desc=f"indexing {name}",
         )
