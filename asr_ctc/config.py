@@ -38,6 +38,10 @@ _COMMON_TRAINING_KEYS = (
 )
 
 
+# The resolved config a fine-tuning run saves in its output directory (inference reads it back).
+RUN_CONFIG = "run_config.yaml"
+
+
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
 

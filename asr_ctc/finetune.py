@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from transformers import TrainingArguments, Wav2Vec2Processor, set_seed
 
-from .config import ConfigError, ExperimentConfig, check_reporting, load_yaml, to_dict
+from .config import RUN_CONFIG, ConfigError, ExperimentConfig, check_reporting, load_yaml, to_dict
 from .data.collator import CTCDataCollator
 from .data.dataset import open_split, open_streaming_split, streaming_texts
 from .data.index import load_source_index
@@ -31,7 +31,6 @@ from .trainer import CTCTrainer
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG = "run_config.yaml"
 
 # TrainingArguments defaults that differ from transformers' for this project: no reporting to external
 # loggers unless asked (offline by default). (The memory-light evaluation, ids instead of logits, is the

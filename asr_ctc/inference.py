@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCTC, Wav2Vec2Processor
 
 from .config import (
+    RUN_CONFIG,
     DataConfig,
     DecodingConfig,
     ExperimentConfig,
@@ -30,7 +31,7 @@ from .config import (
     apply_overrides,
     config_from_dict,
 )
-from .data.collator import CTCDataCollator
+from .data.collator import IGNORE_INDEX, CTCDataCollator
 from .data.dataset import SpeechDataset, open_split
 from .data.index import index_audio_files, load_source_index, min_ctc_frames
 from .decode import (
@@ -50,7 +51,6 @@ from .modeling import frame_lengths, samples_per_frame
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG = "run_config.yaml"
 TUNED_LM = "tuned.json"
 # The (lm_weight, word_score) grid of --tune-lm: LM weights around KenLM's log10 scale, insertion bonuses
 # around zero (a positive bonus offsets the LM's bias towards fewer, more frequent words).
@@ -243,12 +243,13 @@ def run_inference(
     tuned = None
     if tune_lm:
         tuned = _tune(model, processor, cfg, run_dir, opts, batch_size, num_workers, device)
-    decoder = None
+    decoder, weights = None, {}
     if opts.decoder != "greedy":
         weights = _lm_weights(run_dir, opts)
         decoder = _decoder(run_dir, processor, opts, **weights)
         logger.info("decoder %s: beam %d, %s", opts.decoder, opts.beam_size, weights)
 
+    out = Path(output_dir) if output_dir else model_dir / f"inference_{name}"
     n = len(dataset)
     greedy: list[str] = [""] * n
     hyps: list[str] = [""] * n
@@ -278,10 +279,11 @@ def run_inference(
             aligned = _timestamps(log_probs, lengths, hyp_ids, blank, delimiter, id_to_token, spf)
             refs = None
             if has_refs:
+                # The batch already holds the references' labels (-100 padded): no second audio decode.
                 refs = _timestamps(
                     log_probs,
                     lengths,
-                    [dataset[i]["labels"] for i in idx],
+                    [row[row != IGNORE_INDEX].tolist() for row in batch["labels"]],
                     blank,
                     delimiter,
                     id_to_token,
@@ -302,13 +304,12 @@ def run_inference(
                         id_to_token,
                         spf,
                         data_cfg.sampling_rate,
-                        _out_dir(output_dir, model_dir, name),
+                        out,
                         blank,
                     )
                     plotted += 1
     total_seconds = time.perf_counter() - start
 
-    out = _out_dir(output_dir, model_dir, name)
     ids, refs_text = dataset.ids, dataset.texts
     summary: dict[str, Any] = {
         "model": str(model_dir),
@@ -328,7 +329,7 @@ def run_inference(
         summary["greedy"] = {"wer": g_wer, "cer": g_cer}
         wer, cer = wer_cer(refs_text, hyps)
         if decoder is not None:
-            summary[opts.decoder] = {"wer": wer, "cer": cer, **_lm_weights(run_dir, opts)}
+            summary[opts.decoder] = {"wer": wer, "cer": cer, **weights}
         summary.update(wer=wer, cer=cer)
     if tuned is not None:
         summary["lm_tuning"] = tuned
@@ -340,10 +341,6 @@ def run_inference(
         _write_timestamps(out, ids, timings, has_refs)
     atomic_write_text(json_path, json.dumps(summary, indent=2, ensure_ascii=False))
     return InferenceResult(wer, cer, n, tsv_path, json_path, summary)
-
-
-def _out_dir(output_dir: str | Path | None, model_dir: Path, name: str) -> Path:
-    return Path(output_dir) if output_dir else model_dir / f"inference_{name}"
 
 
 def _transcripts_tsv(ids: list[str], refs: list[str] | None, hyps: list[str], greedy: list[str]) -> str:

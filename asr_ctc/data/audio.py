@@ -40,6 +40,27 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(audio, orig_sr, target_sr).astype(np.float32, copy=False)
 
 
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be an audio file (missing, a directory, 0 bytes), or None; names the path."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path}: audio file not found"
+    if path.is_dir():
+        return f"{path}: is a directory, not an audio file"
+    if path.stat().st_size == 0:
+        return f"{path}: audio file is empty (0 bytes)"
+    return None
+
+
+def _mono_at(audio: np.ndarray, file_sr: int, sampling_rate: int | None) -> np.ndarray:
+    """(N, channels) float32 -> (M,) float32 mono at ``sampling_rate`` (None: the file's own rate)."""
+    # Averaging (rather than taking the first channel) keeps speech recorded on either side.
+    mono = audio.mean(axis=1, dtype=np.float32) if audio.shape[1] > 1 else audio[:, 0]
+    if sampling_rate is None or sampling_rate == file_sr:
+        return np.ascontiguousarray(mono, dtype=np.float32)
+    return resample(mono, file_sr, int(sampling_rate))
+
+
 def load_audio(path: str | os.PathLike, sampling_rate: int | None = 16000) -> np.ndarray:
     """Decode an audio file to mono float32 at ``sampling_rate``.
 
@@ -52,13 +73,9 @@ def load_audio(path: str | os.PathLike, sampling_rate: int | None = 16000) -> np
         AudioError: the file is missing, is a directory, is empty (0 bytes or 0 samples), or is not audio
             that libsndfile can decode. The message names the path and the reason.
     """
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: audio file not found")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a directory, not an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: audio file is empty (0 bytes)")
+    problem = file_problem(path)
+    if problem:
+        raise AudioError(problem)
     try:
         audio, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError) as exc:
@@ -66,11 +83,7 @@ def load_audio(path: str | os.PathLike, sampling_rate: int | None = 16000) -> np
         raise AudioError(f"{path}: cannot decode audio ({exc})") from exc
     if audio.shape[0] == 0:
         raise AudioError(f"{path}: audio file has no samples")
-    # Averaging (rather than taking the first channel) keeps speech recorded on either side.
-    mono = audio.mean(axis=1, dtype=np.float32) if audio.shape[1] > 1 else audio[:, 0]
-    if sampling_rate is None or sampling_rate == file_sr:
-        return np.ascontiguousarray(mono, dtype=np.float32)
-    return resample(mono, int(file_sr), int(sampling_rate))
+    return _mono_at(audio, int(file_sr), sampling_rate)
 
 
 def decode_audio(data: bytes, sampling_rate: int, name: str) -> np.ndarray:
@@ -85,4 +98,4 @@ def decode_audio(data: bytes, sampling_rate: int, name: str) -> np.ndarray:
         raise AudioError(f"{name}: cannot decode audio bytes ({exc})") from exc
     if audio.shape[0] == 0:
         raise AudioError(f"{name}: audio has no samples")
-    return resample(audio.mean(axis=1, dtype=np.float32), int(file_sr), sampling_rate)
+    return _mono_at(audio, int(file_sr), sampling_rate)

@@ -38,6 +38,7 @@ import datasets
 import soundfile as sf
 
 from ..config import DataConfig, SourceConfig
+from .audio import file_problem
 from .manifest import read_manifest
 from .text import normalize_text
 from .vocab import count_oov
@@ -109,12 +110,9 @@ def _header_samples(audio: str | bytes, sampling_rate: int) -> tuple[int, str]:
         if isinstance(audio, bytes):
             info = sf.info(io.BytesIO(audio))
         else:
-            if not os.path.exists(audio):
-                return 0, f"{name}: audio file not found"
-            if not os.path.isfile(audio):
-                return 0, f"{name}: not a file"
-            if os.path.getsize(audio) == 0:
-                return 0, f"{name}: audio file is empty (0 bytes)"
+            problem = file_problem(audio)
+            if problem:
+                return 0, problem
             info = sf.info(audio)
     except Exception as exc:  # libsndfile raises several types for a bad header  # noqa: BLE001
         return 0, f"{name}: cannot decode audio ({str(exc).splitlines()[0][:160]})"
