@@ -1,0 +1,81 @@
+"""PatchConv1d / use_patch_convs: a kernel == stride convolution computed as a matmul, exactly."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+from asr_ctc.config import ArchitectureConfig
+from asr_ctc.modeling import PatchConv1d, use_patch_convs
+
+
+@pytest.mark.parametrize(
+    ("channels", "out", "k", "length", "bias", "dtype"),
+    [
+        (1, 32, 10, 16003, False, torch.float32),
+        (1, 8, 10, 10, True, torch.float64),
+        (3, 5, 3, 100, True, torch.float64),
+        (64, 128, 3, 531, False, torch.float32),
+        (128, 128, 2, 77, True, torch.float32),
+    ],
+)
+def test_patch_conv_matches_conv1d_outputs_and_gradients(channels, out, k, length, bias, dtype):
+    torch.manual_seed(0)
+    conv = nn.Conv1d(channels, out, k, stride=k, bias=bias).to(dtype)
+    patch = PatchConv1d(channels, out, k, stride=k, bias=bias).to(dtype)
+    patch.load_state_dict(conv.state_dict())
+    x = torch.randn(4, channels, length, dtype=dtype, requires_grad=True)
+    y_ref, y = conv(x), patch(x)
+    assert y.shape == y_ref.shape
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(y, y_ref, atol=tol, rtol=tol)
+    w = torch.randn_like(y_ref)
+    grads_ref = torch.autograd.grad((y_ref * w).sum(), [x, *conv.parameters()])
+    grads = torch.autograd.grad((y * w).sum(), [x, *patch.parameters()])
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, atol=tol * 100, rtol=tol)
+
+
+def test_patch_conv_gradcheck():
+    torch.manual_seed(0)
+    patch = PatchConv1d(2, 3, 4, stride=4).double()
+    x = torch.randn(2, 2, 19, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: nn.functional.conv1d(x, w, b, stride=4), (x, patch.weight, patch.bias)
+    )
+    assert torch.autograd.gradcheck(patch, (x,))
+
+
+def test_too_short_input_fails_like_the_convolution():
+    patch = PatchConv1d(1, 4, 10, stride=10)
+    with pytest.raises(RuntimeError, match="[Kk]ernel size"):
+        patch(torch.randn(1, 1, 5))
+
+
+def test_use_patch_convs_keeps_the_model_and_its_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    arch = dataclasses.asdict(ArchitectureConfig())
+    arch["num_feat_extract_layers"] = len(arch["conv_dim"])
+    model = Wav2Vec2ForCTC(Wav2Vec2Config(**arch, vocab_size=30)).eval()
+    fast = copy.deepcopy(model)
+    # The demo front end's kernel == stride layers: 10/10, 3/3 and the last 2/2; the others overlap.
+    assert use_patch_convs(fast) == 3
+    assert isinstance(fast.wav2vec2.feature_extractor.conv_layers[0].conv, PatchConv1d)
+    assert type(fast.wav2vec2.feature_extractor.conv_layers[2].conv) is nn.Conv1d
+    assert fast.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(2, 8000)
+    torch.testing.assert_close(fast(x).logits, model(x).logits, atol=1e-5, rtol=1e-5)
+    fast.save_pretrained(tmp_path)
+    reloaded = Wav2Vec2ForCTC.from_pretrained(tmp_path).eval()  # a plain checkpoint: plain convolutions
+    assert type(reloaded.wav2vec2.feature_extractor.conv_layers[0].conv) is nn.Conv1d
+    torch.testing.assert_close(reloaded(x).logits, model(x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_use_patch_convs_leaves_overlapping_convolutions_alone():
+    model = nn.Sequential(nn.Conv1d(1, 4, 10, stride=5), nn.Conv1d(4, 4, 3, stride=3, padding=1))
+    assert use_patch_convs(model) == 0
