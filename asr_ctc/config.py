@@ -124,9 +124,10 @@ def load_yaml(text: str) -> Any:
 class ArchitectureConfig:
     """A small wav2vec2 built from scratch (no pretrained weights): the keys are ``Wav2Vec2Config`` fields.
 
-    The defaults are the offline demo model (about 2.1M parameters), shaped for a CPU, where the front end
+    The defaults are the offline demo model (about 2.05M parameters), shaped for a CPU, where the front end
     at the audio rate dominated the step: a 6-layer convolutional front end whose first layer strides by 10
-    and is narrow (32 channels, with wav2vec2-base's single GroupNorm instead of a LayerNorm per layer), a
+    and is narrow (32 channels, with wav2vec2-base's single GroupNorm instead of a LayerNorm per layer; it
+    normalises over the padded input, so padding changes outputs slightly, see the README), a
     stride of 480 samples (30 ms frames: the corpus speaks about 18 characters per second, so CTC keeps
     about 1.8x the frames it needs), then a 4-layer transformer. A training step costs less than half of
     the previous demo model's (20 ms frames, a 64-channel first layer, a LayerNorm in every conv layer),
