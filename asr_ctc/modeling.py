@@ -2,7 +2,8 @@
 wav2vec2, HuBERT, WavLM, Data2VecAudio, wav2vec2-conformer, ...) or a small wav2vec2 from scratch.
 
 Also the one home of the conv front end's arithmetic: :func:`frame_lengths` (output frames per utterance)
-and :func:`samples_per_frame` (for timestamps).
+and :func:`samples_per_frame` (for timestamps). :func:`build_model` computes every kernel = stride
+convolution as an exact matmul (:class:`PatchConv1d`), which the CPU runs much faster in training.
 """
 
 from __future__ import annotations
