@@ -1,17 +1,14 @@
-"""PatchConv1d / use_patch_convs: a kernel == stride convolution computed as a matmul, exactly."""
+"""PatchConv1d and use_patch_convs (build_model applies it): kernel == stride convolutions as matmuls."""
 
 from __future__ import annotations
-
-import copy
-import dataclasses
 
 import pytest
 import torch
 from torch import nn
-from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+from transformers import Wav2Vec2ForCTC
 
-from asr_ctc.config import ArchitectureConfig
-from asr_ctc.modeling import PatchConv1d, use_patch_convs
+from asr_ctc.config import ModelConfig
+from asr_ctc.modeling import PatchConv1d, build_model, use_patch_convs
 
 
 @pytest.mark.parametrize(
@@ -60,23 +57,22 @@ def test_too_short_input_fails_like_the_convolution():
         patch(torch.randn(1, 1, 5))
 
 
-def test_use_patch_convs_keeps_the_model_and_its_checkpoint(tmp_path):
+def test_build_model_uses_patch_convs_and_saves_a_plain_checkpoint(tmp_path):
     torch.manual_seed(0)
-    arch = dataclasses.asdict(ArchitectureConfig())
-    arch["num_feat_extract_layers"] = len(arch["conv_dim"])
-    model = Wav2Vec2ForCTC(Wav2Vec2Config(**arch, vocab_size=30)).eval()
-    fast = copy.deepcopy(model)
+    fast = build_model(ModelConfig(), vocab_size=30, pad_token_id=0).eval()
     # The demo front end's kernel == stride layers: 10/10, 3/3 and the last 2/2; the others overlap.
-    assert use_patch_convs(fast) == 3
-    assert isinstance(fast.wav2vec2.feature_extractor.conv_layers[0].conv, PatchConv1d)
-    assert type(fast.wav2vec2.feature_extractor.conv_layers[2].conv) is nn.Conv1d
-    assert fast.state_dict().keys() == model.state_dict().keys()
-    x = torch.randn(2, 8000)
-    torch.testing.assert_close(fast(x).logits, model(x).logits, atol=1e-5, rtol=1e-5)
+    layers = fast.wav2vec2.feature_extractor.conv_layers
+    assert sum(isinstance(m, PatchConv1d) for m in fast.modules()) == 3
+    assert isinstance(layers[0].conv, PatchConv1d)
+    assert type(layers[2].conv) is nn.Conv1d
     fast.save_pretrained(tmp_path)
-    reloaded = Wav2Vec2ForCTC.from_pretrained(tmp_path).eval()  # a plain checkpoint: plain convolutions
-    assert type(reloaded.wav2vec2.feature_extractor.conv_layers[0].conv) is nn.Conv1d
-    torch.testing.assert_close(reloaded(x).logits, model(x).logits, atol=1e-5, rtol=1e-5)
+    plain = Wav2Vec2ForCTC.from_pretrained(tmp_path).eval()  # a plain checkpoint: plain convolutions
+    assert type(plain.wav2vec2.feature_extractor.conv_layers[0].conv) is nn.Conv1d
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 8000)
+    torch.testing.assert_close(fast(x).logits, plain(x).logits, atol=1e-5, rtol=1e-5)
+    assert use_patch_convs(plain) == 3
+    torch.testing.assert_close(plain(x).logits, fast(x).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_use_patch_convs_leaves_overlapping_convolutions_alone():
