@@ -44,13 +44,20 @@ def make_corpus_main(argv: list[str] | None = None) -> int:
         prog="make-corpus", description="Synthesize the offline speech corpus with eSpeak NG."
     )
     parser.add_argument("--out-dir", default="data/synthetic", help="output directory (default: %(default)s)")
-    parser.add_argument("--num-utterances", type=int, default=10000, help="default: %(default)s")
+    parser.add_argument(
+        "--num-utterances", type=int, default=14250, help="all splits together (default: %(default)s)"
+    )
+    parser.add_argument("--num-dev", type=int, default=500, help="dev utterances (default: %(default)s)")
+    parser.add_argument("--num-test", type=int, default=1000, help="test utterances (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
-    parser.add_argument("--dev-fraction", type=float, default=0.05, help="default: %(default)s")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="default: %(default)s")
     parser.add_argument("--force", action="store_true", help="regenerate even if out-dir has this corpus")
     args = parser.parse_args(argv)
+    if args.num_dev < 0 or args.num_test < 0 or args.num_dev + args.num_test >= args.num_utterances:
+        parser.error(
+            f"--num-dev, --num-test: expected counts >= 0 that leave training utterances out of "
+            f"--num-utterances {args.num_utterances}, got {args.num_dev} and {args.num_test}"
+        )
     _setup_logging()
     from .corpus.synthetic import make_synthetic_corpus
 
@@ -59,8 +66,9 @@ def make_corpus_main(argv: list[str] | None = None) -> int:
         args.out_dir,
         num_utterances=args.num_utterances,
         seed=args.seed,
-        dev_fraction=args.dev_fraction,
-        test_fraction=args.test_fraction,
+        # The splits are rounded fractions of the distinct sentences: these fractions give the counts.
+        dev_fraction=args.num_dev / args.num_utterances,
+        test_fraction=args.num_test / args.num_utterances,
         num_workers=args.workers,
         force=args.force,
     )

@@ -2,8 +2,8 @@
 wav2vec2, HuBERT, WavLM, Data2VecAudio, wav2vec2-conformer, ...) or a small wav2vec2 from scratch.
 
 Also the one home of the conv front end's arithmetic: :func:`frame_lengths` (output frames per utterance)
-and :func:`samples_per_frame` (for timestamps). :func:`build_model` computes every kernel = stride
-convolution as an exact matmul (:class:`PatchConv1d`), which the CPU runs much faster in training.
+and :func:`samples_per_frame` (for timestamps). :func:`build_model` computes a wav2vec2-family front end
+time-major, as matrix products (:mod:`asr_ctc.front_end`): exact, same checkpoint, faster on a CPU.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -30,6 +29,7 @@ from transformers import (
 from transformers.utils import cached_file
 
 from .config import ModelConfig
+from .front_end import use_time_major_front_end
 
 logger = logging.getLogger(__name__)
 
@@ -143,72 +143,10 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> PreTrai
         model = Wav2Vec2ForCTC(
             Wav2Vec2Config(**arch, vocab_size=vocab_size, pad_token_id=pad_token_id, **knobs)
         )
-    use_patch_convs(model)
+    use_time_major_front_end(model)
     if cfg.freeze_feature_encoder:
         model.freeze_feature_encoder()
     return model
-
-
-class PatchConv1d(nn.Conv1d):
-    """An ``nn.Conv1d`` whose kernel equals its stride, computed as one matmul over non-overlapping patches.
-
-    Same parameters, state-dict keys and outputs (to float rounding) as the convolution it replaces, so a
-    model that uses it saves an ordinary checkpoint. Why: the demo model's first layer reads raw audio (one
-    channel, ~50,000 samples per utterance, kernel = stride = 10), and on the CPU oneDNN's backward of that
-    convolution took 60-130 ms of a ~550 ms training step; as a (B*n, C*k) x (C*k, out) matmul it is a few ms.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, L) float -> (B, out_channels, (L - k) // k + 1)."""
-        k = self.kernel_size[0]
-        if x.dim() != 3 or x.shape[-1] < k:
-            return super().forward(x)  # let the convolution raise its own error
-        batch, channels = x.shape[0], x.shape[1]
-        n = x.shape[-1] // k
-        # (B, C, n, k) -> (B, n, C*k): the patch layout that matches weight.reshape(out, C*k).
-        patches = x[..., : n * k].reshape(batch, channels, n, k).transpose(1, 2)
-        patches = patches.reshape(batch, n, channels * k)
-        return F.linear(patches, self.weight.reshape(self.out_channels, -1), self.bias).transpose(1, 2)
-
-
-def _is_patch_conv(conv: nn.Conv1d) -> bool:
-    return (
-        conv.kernel_size == conv.stride
-        and conv.padding in (0, (0,))
-        and conv.dilation == (1,)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-    )
-
-
-def use_patch_convs(model: nn.Module) -> int:
-    """Replace, in place, every plain ``nn.Conv1d`` of ``model`` whose kernel equals its stride (and has no
-    padding, dilation or groups) by a :class:`PatchConv1d` holding the same parameters. Exact: outputs and
-    gradients match the convolution's to float rounding, and the state dict is unchanged.
-
-    Returns:
-        how many convolutions were replaced (0 for e.g. wav2vec2-base, whose first layer has kernel 10,
-        stride 5).
-    """
-    targets = [name for name, m in model.named_modules() if type(m) is nn.Conv1d and _is_patch_conv(m)]
-    for name in targets:
-        conv = model.get_submodule(name)
-        patch = PatchConv1d(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size[0],
-            stride=conv.stride[0],
-            bias=conv.bias is not None,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        patch.load_state_dict(conv.state_dict())
-        patch.weight.requires_grad_(conv.weight.requires_grad)
-        if conv.bias is not None:
-            patch.bias.requires_grad_(conv.bias.requires_grad)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, patch)
-    return len(targets)
 
 
 def frame_lengths(model: nn.Module, num_samples: torch.Tensor) -> torch.Tensor:

@@ -152,3 +152,14 @@ def test_existing_corpus_is_reused(corpora, caplog):
     assert again == summary
     assert wav.stat().st_mtime_ns == before
     assert "reusing" in caplog.text
+
+
+def test_corpus_command_counts_become_exact_split_sizes():
+    # make-corpus turns --num-dev/--num-test into fractions; the plan must give back the very counts.
+    from asr_ctc.cli import make_corpus_main
+
+    plan = plan_corpus(14250, 0, 500 / 14250, 1000 / 14250)
+    sizes = {split: sum(u.split == split for u in plan.utterances) for split in ("train", "dev", "test")}
+    assert sizes == {"train": 12750, "dev": 500, "test": 1000}
+    with pytest.raises(SystemExit):
+        make_corpus_main(["--num-utterances", "100", "--num-dev", "50", "--num-test", "50"])
