@@ -157,6 +157,13 @@ def inference_main(argv: list[str] | None = None) -> int:
         "--tune-lm", action="store_true", help="grid-search --lm-weight/--word-score on the eval split first"
     )
     parser.add_argument(
+        "--tune-utterances",
+        type=int,
+        default=500,
+        metavar="N",
+        help="--tune-lm decodes the first N eval utterances per grid point (default: %(default)s)",
+    )
+    parser.add_argument(
         "--timestamps", action="store_true", help="write word timings (words.json, hypothesis/reference .ctm)"
     )
     parser.add_argument("--plot", type=int, default=0, metavar="N", help="alignment plots of N utterances")
@@ -192,6 +199,7 @@ def inference_main(argv: list[str] | None = None) -> int:
             audio=args.audio,
             decoding=decoding,
             tune_lm=args.tune_lm,
+            tune_utterances=args.tune_utterances,
             timestamps=args.timestamps,
             plot=args.plot,
             num_workers=args.num_workers,

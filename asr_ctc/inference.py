@@ -196,6 +196,7 @@ def run_inference(
     audio: list[str] | None = None,
     decoding: DecodingConfig | None = None,
     tune_lm: bool = False,
+    tune_utterances: int = 500,
     timestamps: bool = False,
     plot: int = 0,
     num_workers: int = 0,
@@ -210,6 +211,7 @@ def run_inference(
         decoding: decoder and its options (default: ``cfg.decoding``, else greedy).
         tune_lm: grid-search ``lm_weight``/``word_score`` on the eval split first and save the best to
             ``lm/tuned.json`` beside the model, where later runs find them.
+        tune_utterances: how many eval utterances (the first ones) ``tune_lm`` decodes per grid point.
         device: ``cuda`` when available, else ``cpu``, unless given.
     """
     model_dir = Path(model_dir)
@@ -242,7 +244,9 @@ def run_inference(
 
     tuned = None
     if tune_lm:
-        tuned = _tune(model, processor, cfg, run_dir, opts, batch_size, num_workers, device)
+        if tune_utterances < 1:
+            raise ValueError(f"tune_utterances: expected at least 1, got {tune_utterances}")
+        tuned = _tune(model, processor, cfg, run_dir, opts, batch_size, num_workers, device, tune_utterances)
     decoder, weights = None, {}
     if opts.decoder != "greedy":
         weights = _lm_weights(run_dir, opts)
@@ -407,7 +411,7 @@ def _plot(batch, row, log_probs, n_frames, aligned, uid, id_to_token, spf, sr, o
     )
 
 
-def _tune(model, processor, cfg, run_dir, opts, batch_size, num_workers, device, max_utterances=500):
+def _tune(model, processor, cfg, run_dir, opts, batch_size, num_workers, device, max_utterances):
     """Grid-search (lm_weight, word_score) on the eval split; save the best to ``lm/tuned.json``."""
     if cfg is None or cfg.data.eval is None:
         raise ValueError("--tune-lm: needs an eval split (data.eval) in the config")

@@ -62,10 +62,12 @@ def test_tune_lm_saves_the_weights_and_later_runs_use_them(trained, tmp_path):
         split="test",
         output_dir=tmp_path,
         tune_lm=True,
+        tune_utterances=3,
         decoding=DecodingConfig(decoder="lm", beam_size=10),
     )
     tuned = json.loads((trained / "lm" / "tuned.json").read_text())
     assert len(tuned["grid"]) == 20 and res.summary["lm_tuning"]["lm_weight"] == tuned["lm_weight"]
+    assert tuned["dev_utterances"] == 3  # the first 3 of the eval split, as asked
     again = run_inference(
         trained, split="test", output_dir=tmp_path / "b", decoding=DecodingConfig(decoder="lm")
     )
