@@ -3,11 +3,11 @@
 The stock feature encoder runs ``nn.Conv1d`` on channel-major ``(B, C, T)`` tensors and the model transposes
 the result to time-major ``(B, T, C)`` for the transformer. On the CPU that layout costs more than the
 arithmetic: oneDNN's backward of a 1-channel convolution over raw audio, and the ``contiguous()`` copies
-that every convolution backward, reshape and GroupNorm makes of its transposed neighbours, were a fifth of a
-training step of the demo model. :class:`TimeMajorFeatureEncoder` computes the same layers on time-major
-tensors, where a convolution of kernel ``k`` and stride ``s`` is a sum of ``ceil(k / s)`` matrix products
-over free reshapes of its input (below). It holds the original layers, so the state dict, the checkpoint
-and the outputs (to float rounding) are those of the stock encoder.
+that every convolution backward, reshape and GroupNorm makes of its transposed neighbours (``copy_`` alone
+was about 9% of a training step of the demo model). :class:`TimeMajorFeatureEncoder` computes the same
+layers on time-major tensors, where a convolution of kernel ``k`` and stride ``s`` is a sum of
+``ceil(k / s)`` matrix products over free reshapes of its input (below). It holds the original layers,
+so the state dict, the checkpoint and the outputs (to float rounding) are those of the stock encoder.
 """
 
 from __future__ import annotations
@@ -52,9 +52,7 @@ def conv_time_major(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
         term = F.linear(patches[..., : taps * channels], weight, conv.bias if block == 0 else None)
         term = term[:, block : block + frames]
         out = term if out is None else out + term
-    if out.shape[1] != frames or not out.is_contiguous():  # a lone block: the slice is a view
-        out = out.contiguous()
-    return out
+    return out.contiguous()  # a no-op but for a lone block (kernel <= stride), whose slice is a view
 
 
 def _norm_time_major(x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
@@ -105,21 +103,17 @@ class TimeMajorFeatureEncoder(nn.Module):
             raise ValueError(f"encoder: {type(encoder).__name__} is not a supported conv feature encoder")
         self.conv_layers = encoder.conv_layers
         self.gradient_checkpointing = getattr(encoder, "gradient_checkpointing", False)
-        self._requires_grad = getattr(encoder, "_requires_grad", True)
+        # The stock encoder runs the cases this class does not. It is kept out of the module tree: its
+        # layers are these, and registering it would list every parameter twice in the state dict.
+        object.__setattr__(self, "_stock", encoder)
+
+    @property
+    def _requires_grad(self) -> bool:
+        return self._stock._requires_grad
 
     def _freeze_parameters(self) -> None:
         """What ``model.freeze_feature_encoder()`` calls."""
-        for param in self.parameters():
-            param.requires_grad = False
-        self._requires_grad = False
-
-    def _stock_forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        hidden = input_values[:, None]
-        if self._requires_grad and self.training:
-            hidden.requires_grad = True  # as the stock encoder: gradient checkpointing needs a grad input
-        for layer in self.conv_layers:
-            hidden = layer(hidden)
-        return hidden
+        self._stock._freeze_parameters()
 
     def _long_enough(self, length: int) -> bool:
         for layer in self.conv_layers:
@@ -136,7 +130,8 @@ class TimeMajorFeatureEncoder(nn.Module):
             getattr(layer, "gradient_checkpointing", False) for layer in self.conv_layers
         )
         if checkpointing or input_values.dim() != 2 or not self._long_enough(input_values.shape[-1]):
-            return self._stock_forward(input_values)
+            self._stock.train(self.training)
+            return self._stock(input_values)
         hidden = input_values[:, :, None]
         for layer in self.conv_layers:
             hidden = conv_time_major(hidden, layer.conv)
