@@ -221,6 +221,8 @@ def run_inference(
     if cfg is None:
         cfg = load_run_config(model_dir, None, [])
     opts = decoding or (cfg.decoding if cfg is not None else DecodingConfig())
+    if tune_lm and tune_utterances < 1:  # checked before the model is loaded
+        raise ValueError(f"tune_utterances: expected at least 1, got {tune_utterances}")
     if tune_lm and opts.decoder != "lm":
         opts = replace(opts, decoder="lm")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -244,8 +246,6 @@ def run_inference(
 
     tuned = None
     if tune_lm:
-        if tune_utterances < 1:
-            raise ValueError(f"tune_utterances: expected at least 1, got {tune_utterances}")
         tuned = _tune(model, processor, cfg, run_dir, opts, batch_size, num_workers, device, tune_utterances)
     decoder, weights = None, {}
     if opts.decoder != "greedy":

@@ -46,18 +46,21 @@ TINY_ARCH = ArchitectureConfig(
 )
 
 
+# The model's dropout and masking knobs, all off: a model in training mode then computes without randomness.
+NO_RANDOMNESS = dict(
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    feat_proj_dropout=0.0,
+    final_dropout=0.0,
+    layerdrop=0.0,
+    mask_time_prob=0.0,
+)
+
+
 def tiny_model_config(**overrides) -> ModelConfig:
     """No dropout or masking by default, so runs that split batches differently see the same math."""
-    base = dict(
-        architecture=TINY_ARCH,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
-        final_dropout=0.0,
-        layerdrop=0.0,
-        mask_time_prob=0.0,
-    )
+    base = dict(architecture=TINY_ARCH, **NO_RANDOMNESS)
     base.update(overrides)
     return ModelConfig(**base)
 

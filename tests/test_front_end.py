@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import NO_RANDOMNESS
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
@@ -76,13 +77,7 @@ def _encoder_pair(**arch):
         num_conv_pos_embeddings=8,
         num_conv_pos_embedding_groups=4,
         # Training mode (the front end's own code path) without randomness: no dropout, no SpecAugment.
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
-        final_dropout=0.0,
-        layerdrop=0.0,
-        mask_time_prob=0.0,
+        **NO_RANDOMNESS,
         **arch,
     )
     stock = Wav2Vec2ForCTC(config).double().train()
