@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 # is then satisfied without pulling the CUDA build.
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[dev]"
-.venv/bin/ruff check asr_ctc scripts tests
+.venv/bin/ruff check asr_ctc scripts tests benchmarks
 .venv/bin/python -m pytest "$@"

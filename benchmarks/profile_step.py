@@ -6,22 +6,22 @@ medians over ``--steps`` steps after ``--warmup``. Then times whole steps under 
 change the recipe's math much: bfloat16 autocast (oneDNN uses AVX512-BF16 where the CPU has it) and the
 number of intra-op threads.
 
-    python scripts/profile_step.py            # after make_synthetic_corpus.py; prints Markdown tables
+    python benchmarks/profile_step.py            # after make_synthetic_corpus.py; prints Markdown tables
 
-Time it on an idle machine: the script prints the load average at the start and the end.
+Time it on an idle machine: the script prints the machine and the load average at the start and the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
+from _machine import load_average, machine
 
 from asr_ctc import ctc_loss
 from asr_ctc.config import load_config
@@ -107,7 +107,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{machine()}; torch {torch.__version__}")
+    print(f"load average at start: {load_average()}")
     cfg = load_config(args.config, args.overrides)
     index = load_source_index(cfg.data.train, cfg.data, "train")
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,7 +149,7 @@ def main() -> int:
             row.append(step_time(model, opt, collator, ds, batches[args.warmup :], ctx))
         print(f"| {n} | {1000 * row[0]:.0f} | {1000 * row[1]:.0f} |")
     torch.set_num_threads(threads)
-    print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"\nload average at end: {load_average()}")
     return 0
 
 

@@ -8,9 +8,9 @@ ids), then for each size, every measurement in a fresh process:
 * its training speed in steps/s (the Trainer's ``train_steps_per_second``).
 
     python scripts/make_synthetic_corpus.py --out-dir data/synthetic   # once
-    python scripts/bench_data.py --corpus data/synthetic               # prints a Markdown table
+    python benchmarks/bench_data.py --corpus data/synthetic               # prints a Markdown table
 
-Time it on an idle machine: the script prints the load average at the start and the end.
+Time it on an idle machine: the script prints the machine and the load average at the start and the end.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import load_average as _load
+from _machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,10 +52,6 @@ import resource, subprocess, sys
 code = subprocess.run(sys.argv[1:]).returncode
 print(f"PEAK_KIB {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss} {code}", flush=True)
 """
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _repeat_manifest(src: Path, dst: Path, times: int) -> int:
@@ -89,6 +88,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=0, help="training.dataloader_num_workers")
     args = parser.parse_args()
     corpus = Path(args.corpus).resolve()
+    print(machine())
     print(f"load average at start: {_load()}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:

@@ -19,8 +19,8 @@ float32 loss (max over the batch of the relative difference).
 
 Usage::
 
-    python scripts/bench_ctc.py                 # all shapes, 2 threads, with the reference
-    python scripts/bench_ctc.py --no-reference  # skip the slow reference
+    python benchmarks/bench_ctc.py                 # all shapes, 2 threads, with the reference
+    python benchmarks/bench_ctc.py --no-reference  # skip the slow reference
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _machine import load_average, machine
 
 from asr_ctc.ctc import ctc_loss
 from asr_ctc.seq_loss_util import ctc_loss_like_torch
@@ -157,14 +157,6 @@ def bench_shape(shape, repeats: int, ref_repeats: int, with_reference: bool, wit
     return row
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=21, help="timed steps of ours and native per shape")
@@ -183,13 +175,13 @@ def main(argv: list[str] | None = None) -> None:
 
     with_reference = not args.no_reference
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads; {cpu_name()}, {os.cpu_count()} cores")
-    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    print(f"{machine()}; torch {torch.__version__}, {threads} threads")
+    print(f"load average at start: {load_average()}")
     rows = [
         bench_shape(shape, args.repeats, args.ref_repeats, with_reference, not args.no_memory, args.threads)
         for shape in SHAPES
     ]
-    print(f"load average at end: {os.getloadavg()[0]:.2f}\n")
+    print(f"load average at end: {load_average()}\n")
     header = "| (B, T, C, L) | ours ms | native ms | ours / native |"
     if with_reference:
         header += " reference ms |"
