@@ -1,4 +1,5 @@
-"""asr-ctc: the CTC loss from first principles in PyTorch, and wav2vec2 fine-tuning around it."""
+"""asr-ctc: the CTC loss from first principles in PyTorch, and the fine-tuning, decoding and forced alignment
+of CTC speech encoders (wav2vec2 and its family) around it."""
 
 __version__ = "0.1.0"
 

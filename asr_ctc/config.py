@@ -1,6 +1,6 @@
 """Experiment configuration: plain YAML mapped onto dataclasses.
 
-A config file has five top-level keys: ``model``, ``data``, ``loss``, ``training`` and ``output_dir``.
+Top-level keys of a config file: ``model``, ``data``, ``loss``, ``decoding``, ``training``, ``output_dir``.
 ``training`` is handed to :class:`transformers.TrainingArguments` (every key and value is checked against
 its fields and their types first), the others map onto the dataclasses below. Command-line overrides use
 dotted keys with YAML values: ``training.max_steps=50``, ``loss.impl=torch``, ``data.lowercase=false``.
@@ -127,12 +127,12 @@ class ArchitectureConfig:
     The defaults are the offline demo model (about 2.05M parameters), shaped for a CPU, where the front end
     at the audio rate dominated the step: a 6-layer convolutional front end whose first layer strides by 10
     and is narrow (32 channels, with wav2vec2-base's single GroupNorm instead of a LayerNorm per layer; it
-    normalises over the padded input, so padding changes outputs slightly, see the README), a
+    normalises over the padded input, so padding changes outputs slightly: the README's GroupNorm caveat), a
     stride of 480 samples (30 ms frames: the corpus speaks about 18 characters per second, so CTC keeps
     about 1.8x the frames it needs), then a 4-layer transformer. A training step costs less than half of
     the previous demo model's (20 ms frames, a 64-channel first layer, a LayerNorm in every conv layer),
-    which was itself 3.5x cheaper than the standard 7-layer, stride-5 stack; the README's lever table has
-    the measurements.
+    which was itself 3.5x cheaper than the standard 7-layer, stride-5 stack; ``docs/demo-recipe.md``'s lever
+    table has the measurements.
     """
 
     conv_dim: list[int] = field(default_factory=lambda: [32, 64, 128, 128, 128, 128])
@@ -185,7 +185,7 @@ class SourceConfig:
     # Files for a ``datasets`` builder (``hub_name: json`` / ``csv`` / ``audiofolder``), instead of the hub.
     data_files: str | list[str] | None = None
     max_samples: int | None = None
-    # Stream a hub dataset instead of downloading it (a corpus bigger than the disk); see the README.
+    # Stream a hub dataset instead of downloading it (a corpus bigger than the disk); docs/data-at-scale.md.
     streaming: bool = False
 
 

@@ -1,8 +1,8 @@
 """The production CTC loss: exact, fast on CPU, a drop-in for :class:`torch.nn.CTCLoss`.
 
 How it is computed, and why (log space, one time loop for both recursions, half a lattice, the row layout,
-the avoided slow floating-point paths, with measurements): README.md, section "The production CTC loss",
-"How it works". That text is the one full description; this docstring keeps the symbols and the math.
+the avoided slow floating-point paths, with measurements): ``docs/loss-internals.md``, "How it works". That
+page is the one full description; this docstring keeps the symbols and the math.
 
 Symbols, used throughout this module:
 
@@ -55,7 +55,8 @@ _MIN_BLOCK, _MAX_BLOCK, _BLOCK_DIVISOR = 16, 64, 8
 # has no alignment: loss inf, like a target too long for its frames. Real log-likelihoods never come near
 # (-1e29 would take 1e27 frames at -100 each); a target only reaches it through a class masked with a huge
 # negative logit (-1e30, finfo.min, -inf), which every convention means as "cannot be emitted". torch,
-# which has no sentinel, returns that masked value as a finite loss instead (README, "Masked classes").
+# which has no sentinel, returns that masked value as a finite loss instead (docs/loss-internals.md,
+# "Masked classes").
 _LOG_ZERO, _DEAD = -1e30, -1e29
 
 

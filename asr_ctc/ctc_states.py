@@ -1,9 +1,10 @@
-"""The CTC state space shared by both loss implementations.
+"""The CTC state space shared by both loss implementations and the aligner.
 
 A target of L labels is searched over S = 2L + 1 *states*: the labels with a blank before, between and after
-them. Both the reference-parity port (:mod:`asr_ctc.seq_loss_util`) and the production loss
-(:mod:`asr_ctc.ctc`) build that extended sequence and, in the gradient, fold per-state posteriors back onto
-the C output classes; this module holds those two pieces of math once.
+them. The reference-parity port (:mod:`asr_ctc.seq_loss_util`), the production loss (:mod:`asr_ctc.ctc`) and
+the forced aligner (:mod:`asr_ctc.align`) build that extended sequence, and both losses, in the gradient, fold
+per-state posteriors back onto the C output classes; this module holds those two pieces of math once, so
+none of the three imports another for them.
 """
 
 from __future__ import annotations

@@ -342,6 +342,35 @@ class BeamSearchDecoder:
     ) -> None:
         fl_decoder, fl_dictionary, kenlm_class = _import_flashlight()
         tokens = list(tokens)
+        self._check_arguments(tokens, blank_id, word_delimiter, beam_size, lexicon_path, lm_path)
+        self.tokens = tokens
+        self.blank_id = blank_id
+        self.delimiter_id = tokens.index(word_delimiter)
+        lexicon = read_lexicon(lexicon_path)
+        self._fl = fl_decoder
+        self._words = self._word_dictionary(fl_dictionary, lexicon, unk_word)
+        self._unk_id = self._words.get_index(unk_word)
+        self._lm = kenlm_class(str(lm_path), self._words) if lm_path is not None else fl_decoder.ZeroLM()
+        self._trie = self._lexicon_trie(lexicon)
+        self.beam_size = beam_size
+        self.beam_size_token = beam_size_token if beam_size_token is not None else len(tokens)
+        self.beam_threshold = beam_threshold
+        self.unk_score = unk_score
+        self.sil_score = sil_score
+        self.set_weights(lm_weight, word_score)
+
+    # -- construction, one step each ------------------------------------------------------------------
+
+    @staticmethod
+    def _check_arguments(
+        tokens: list[str],
+        blank_id: int,
+        word_delimiter: str,
+        beam_size: int,
+        lexicon_path: str | os.PathLike,
+        lm_path: str | os.PathLike | None,
+    ) -> None:
+        """Refuse bad constructor arguments before anything is loaded (see the class's Raises)."""
         if len(set(tokens)) != len(tokens) or not tokens:
             raise ValueError("tokens: expected a non-empty list of distinct tokens in id order")
         if not 0 <= blank_id < len(tokens):
@@ -353,46 +382,42 @@ class BeamSearchDecoder:
         for name, path in (("lexicon_path", lexicon_path), ("lm_path", lm_path)):
             if path is not None and not os.path.isfile(path):
                 raise FileNotFoundError(f"{name}: no file {path}")
-        self.tokens = tokens
-        self.blank_id = blank_id
-        self.delimiter_id = tokens.index(word_delimiter)
-        token_ids = {t: i for i, t in enumerate(tokens)}
-        lexicon = read_lexicon(lexicon_path)
 
-        # The word dictionary is ours (not create_word_dict): it must contain the unknown word so that KenLM
-        # maps LM words missing from the lexicon, and the decoder's unk index, somewhere valid.
+    @staticmethod
+    def _word_dictionary(fl_dictionary, lexicon: Mapping[str, list[list[str]]], unk_word: str):
+        """flashlight's word dictionary: the lexicon's words and the unknown word, its default index."""
+        # Ours rather than create_word_dict: it must contain the unknown word so that KenLM maps LM words
+        # missing from the lexicon, and the decoder's unk index, somewhere valid.
         words = fl_dictionary.Dictionary()
         for word in lexicon:
             words.add_entry(word)
         if not words.contains(unk_word):
             words.add_entry(unk_word)
         words.set_default_index(words.get_index(unk_word))
-        self._words = words
-        self._lm = kenlm_class(str(lm_path), words) if lm_path is not None else fl_decoder.ZeroLM()
+        return words
 
-        # Trie over token ids; each word node carries its unigram LM score, and smearing (MAX) pushes the
-        # best word score below a node up to it, so partial words compete with an LM look-ahead.
-        trie = fl_decoder.Trie(len(tokens), token_ids[word_delimiter])
+    def _lexicon_trie(self, lexicon: Mapping[str, list[list[str]]]):
+        """The trie of every spelling over token ids, each word node carrying its unigram LM score.
+
+        Smearing (MAX) pushes the best word score below a node up to it, so partial words compete with an
+        LM look-ahead.
+
+        Raises:
+            ValueError: a spelling uses a token outside ``self.tokens`` (reported as ``lexicon_path``).
+        """
+        token_ids = {t: i for i, t in enumerate(self.tokens)}
+        trie = self._fl.Trie(len(self.tokens), self.delimiter_id)
         start = self._lm.start(False)
         for word, spellings in lexicon.items():
-            word_id = words.get_index(word)
+            word_id = self._words.get_index(word)
             _, score = self._lm.score(start, word_id)
             for spelling in spellings:
                 missing = [t for t in spelling if t not in token_ids]
                 if missing:
                     raise ValueError(f"lexicon_path: {word!r} is spelled with unknown tokens {missing}")
                 trie.insert([token_ids[t] for t in spelling], word_id, score)
-        trie.smear(fl_decoder.SmearingMode.MAX)
-
-        self._fl = fl_decoder
-        self._trie = trie
-        self._unk_id = words.get_index(unk_word)
-        self.beam_size = beam_size
-        self.beam_size_token = beam_size_token if beam_size_token is not None else len(tokens)
-        self.beam_threshold = beam_threshold
-        self.unk_score = unk_score
-        self.sil_score = sil_score
-        self.set_weights(lm_weight, word_score)
+        trie.smear(self._fl.SmearingMode.MAX)
+        return trie
 
     def set_weights(self, lm_weight: float, word_score: float) -> None:
         """Use a new LM weight and word score, keeping the lexicon trie and the loaded LM (cheap: tuning)."""
@@ -414,6 +439,8 @@ class BeamSearchDecoder:
             options, self._trie, self._lm, self.delimiter_id, self.blank_id, self._unk_id, [], False
         )
 
+    # -- decoding -------------------------------------------------------------------------------------
+
     def decode_one(self, log_probs: torch.Tensor) -> tuple[str, list[int]]:
         """Best transcript of one utterance.
 
@@ -422,29 +449,43 @@ class BeamSearchDecoder:
 
         Returns:
             the words joined by single spaces, and the collapsed token ids of the best path.
+
+        Raises:
+            ValueError: ``log_probs`` is not (T, C) with C the number of tokens.
         """
         if log_probs.dim() != 2 or log_probs.shape[1] != len(self.tokens):
             raise ValueError(f"log_probs: expected (T, {len(self.tokens)}), got {tuple(log_probs.shape)}")
-        num_frames = log_probs.shape[0]
-        if num_frames == 0:
+        if log_probs.shape[0] == 0:
             return "", []
-        # One extra frame where only the word delimiter is possible: the lexicon spells every word with a
-        # trailing delimiter, but CTC targets (and so the model's output) have none after the last word; the
-        # decoder would drop an utterance's last word when it has no frame left to close it.
-        end = torch.full((1, len(self.tokens)), _IMPOSSIBLE, dtype=torch.float32)
-        end[0, self.delimiter_id] = 0.0
-        emissions = torch.cat([log_probs.detach().to(device="cpu", dtype=torch.float32), end]).contiguous()
+        emissions = self._with_closing_frame(log_probs)
         # flashlight reads T x C floats straight from this address; `emissions` stays alive until it returns.
         best = self._decoder.decode(emissions.data_ptr(), emissions.shape[0], emissions.shape[1])[0]
         text = " ".join(self._words.get_entry(w) for w in best.words if w >= 0)
-        ids = collapse(list(best.tokens), self.blank_id)
-        # The path starts and ends at a word boundary (flashlight's sentence-start delimiter, our end frame);
-        # drop those so the ids read like the tokenizer's (no leading or trailing delimiter).
-        while ids and ids[0] == self.delimiter_id:
-            ids.pop(0)
-        while ids and ids[-1] == self.delimiter_id:
-            ids.pop()
-        return text, ids
+        return text, self._strip_boundary_delimiters(collapse(list(best.tokens), self.blank_id))
+
+    def _with_closing_frame(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """(T + 1, C) float32 contiguous on the CPU: ``log_probs`` and a frame where only ``|`` is possible.
+
+        The lexicon spells every word with a trailing delimiter, but CTC targets (and so the model's output)
+        have none after the last word; the decoder would drop an utterance's last word when it has no frame
+        left to close it.
+        """
+        end = torch.full((1, len(self.tokens)), _IMPOSSIBLE, dtype=torch.float32)
+        end[0, self.delimiter_id] = 0.0
+        return torch.cat([log_probs.detach().to(device="cpu", dtype=torch.float32), end]).contiguous()
+
+    def _strip_boundary_delimiters(self, ids: list[int]) -> list[int]:
+        """``ids`` without leading or trailing delimiters, so they read like the tokenizer's.
+
+        The best path starts and ends at a word boundary (flashlight's sentence-start delimiter, our closing
+        frame).
+        """
+        start, end = 0, len(ids)
+        while start < end and ids[start] == self.delimiter_id:
+            start += 1
+        while end > start and ids[end - 1] == self.delimiter_id:
+            end -= 1
+        return ids[start:end]
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor | None = None) -> list[str]:
         """Best transcript of each utterance of a batch.
@@ -455,7 +496,17 @@ class BeamSearchDecoder:
 
         Returns:
             B transcripts (words joined by single spaces).
+
+        Raises:
+            ValueError: ``log_probs`` is not 3-D, or ``lengths`` has the wrong shape or values outside
+                ``[0, T]``.
         """
+        lengths = self._batch_lengths(log_probs, lengths)
+        return [self.decode_one(row[: int(n)])[0] for row, n in zip(log_probs, lengths.cpu(), strict=True)]
+
+    @staticmethod
+    def _batch_lengths(log_probs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """Check a batch's shapes; its (B,) frame counts (all T when ``lengths`` is None)."""
         if log_probs.dim() != 3:
             raise ValueError(f"log_probs: expected (B, T, C), got shape {tuple(log_probs.shape)}")
         if lengths is None:
@@ -464,7 +515,7 @@ class BeamSearchDecoder:
             raise ValueError(f"lengths: expected shape ({log_probs.shape[0]},), got {tuple(lengths.shape)}")
         if lengths.numel() and (int(lengths.max()) > log_probs.shape[1] or int(lengths.min()) < 0):
             raise ValueError(f"lengths: expected values in [0, {log_probs.shape[1]}] (frames of log_probs)")
-        return [self.decode_one(row[: int(n)])[0] for row, n in zip(log_probs, lengths.cpu(), strict=True)]
+        return lengths
 
 
 def tune_lm_weights(

@@ -1,4 +1,4 @@
-"""The fine-tuning job: config -> data -> vocabulary -> model -> ``CTCTrainer`` -> checkpoint and report."""
+"""The fine-tuning job: config -> data -> vocabulary -> model -> ``CTCTrainer`` -> checkpoint, report, LM."""
 
 from __future__ import annotations
 
