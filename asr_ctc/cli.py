@@ -176,7 +176,7 @@ def inference_main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from .data.dataset import EmptyDatasetError
-    from .inference import load_run_config, run_inference
+    from .inference import InferenceOptions, load_run_config, run_inference
 
     try:
         cfg = load_run_config(Path(args.model), args.config, args.overrides)
@@ -188,22 +188,21 @@ def inference_main(argv: list[str] | None = None) -> int:
             "word_score": args.word_score,
         }
         decoding = dataclasses.replace(decoding, **{k: v for k, v in chosen.items() if v is not None})
-        result = run_inference(
-            args.model,
-            cfg,
-            args.split,
-            args.manifest,
-            args.output_dir,
-            args.batch_size,
-            args.device,
+        options = InferenceOptions(
+            split=args.split,
+            manifest=args.manifest,
             audio=args.audio,
+            output_dir=args.output_dir,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=args.device,
             decoding=decoding,
             tune_lm=args.tune_lm,
             tune_utterances=args.tune_utterances,
             timestamps=args.timestamps,
             plot=args.plot,
-            num_workers=args.num_workers,
         )
+        result = run_inference(args.model, cfg, options)
     except (ConfigError, EmptyDatasetError, ValueError, OSError) as exc:
         return _fail(exc)
     s = result.summary
