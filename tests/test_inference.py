@@ -155,3 +155,58 @@ def test_decoding_config_rejects_unknown_decoders():
         DecodingConfig(decoder="viterbi")
     raw = yaml.safe_load("decoding: {decoder: lm, beam_size: 50}")
     assert DecodingConfig(**raw["decoding"]).beam_size == 50
+
+
+def _frames(tokenizer, tokens: list[str], confidence: float = 0.9):
+    """(1, T, C) log-probs whose best class at frame t is tokens[t] (``confidence``), the rest shared."""
+    import torch
+
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(tokens))
+    probs = torch.full((len(tokens), len(tokenizer)), (1 - confidence) / (len(tokenizer) - 1))
+    probs[torch.arange(len(tokens)), ids] = confidence
+    return probs.log()[None]
+
+
+# "a | <blank> | s" and delimiters at both ends: a tokenizer alone makes "a  s" with a space at each end.
+DOUBLE_DELIMITER = ["|", "a", "|", "<pad>", "|", "s", "|"]
+
+
+def test_greedy_transcripts_have_single_spaces(tiny_processor):
+    from asr_ctc.decode import greedy_decode, wer_cer
+
+    tokenizer = tiny_processor.tokenizer
+    raw = tokenizer.decode(tokenizer.convert_tokens_to_ids(["a", "|", "|", "s"]), group_tokens=False)
+    assert raw != "a s"  # what the tidying step is there for
+    hyps = greedy_decode(_frames(tokenizer, DOUBLE_DELIMITER), None, tokenizer)
+    assert hyps == ["a s"] and wer_cer(["a s"], hyps) == (0.0, 0.0)
+
+
+def test_beam_transcripts_have_single_spaces(tiny_processor, tmp_path):
+    pytest.importorskip("flashlight.lib.text")
+    import torch
+
+    from asr_ctc.decode import BeamSearchDecoder
+    from asr_ctc.lm import write_lexicon
+
+    tokenizer = tiny_processor.tokenizer
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    lexicon = write_lexicon(["a", "s"], tmp_path / "lexicon.txt")
+    decoder = BeamSearchDecoder(tokens, tokenizer.pad_token_id, "|", lexicon, beam_size=10)
+    log_probs = _frames(tokenizer, DOUBLE_DELIMITER)
+    assert decoder.decode(log_probs, torch.tensor([log_probs.shape[1]])) == ["a s"]
+
+
+def test_inference_writes_single_spaced_transcripts(trained, tmp_path, tiny_processor):
+    """Every transcript the job writes is tidy; and its decoding step tidies a double delimiter."""
+    import torch
+
+    from asr_ctc.inference import _decode_batch, _Decoded
+
+    run_inference(trained, split="test", output_dir=tmp_path)
+    for row in (tmp_path / "transcripts.tsv").read_text().splitlines()[1:]:
+        uid, ref, hyp, _, _, greedy = row.split("\t")
+        assert hyp == " ".join(hyp.split()) and greedy == " ".join(greedy.split())
+    decoded = _Decoded([""], [""], {}, 0.0, 0.0)
+    log_probs = _frames(tiny_processor.tokenizer, DOUBLE_DELIMITER)
+    _decode_batch(decoded, [0], log_probs, torch.tensor([log_probs.shape[1]]), tiny_processor.tokenizer, None)
+    assert decoded.greedy == decoded.hyps == ["a s"]
