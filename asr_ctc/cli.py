@@ -47,19 +47,20 @@ def make_corpus_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--num-utterances", type=int, default=14250, help="all splits together (default: %(default)s)"
     )
-    parser.add_argument("--num-dev", type=int, default=500, help="dev utterances (default: %(default)s)")
-    parser.add_argument("--num-test", type=int, default=1000, help="test utterances (default: %(default)s)")
+    share = "per 14,250 of --num-utterances, at least 1"
+    parser.add_argument("--num-dev", type=int, help=f"dev utterances (default: 500 {share})")
+    parser.add_argument("--num-test", type=int, help=f"test utterances (default: 1000 {share})")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="regenerate even if out-dir has this corpus")
     args = parser.parse_args(argv)
-    if args.num_dev < 0 or args.num_test < 0 or args.num_dev + args.num_test >= args.num_utterances:
-        parser.error(
-            f"--num-dev, --num-test: expected counts >= 0 that leave training utterances out of "
-            f"--num-utterances {args.num_utterances}, got {args.num_dev} and {args.num_test}"
-        )
+    from .corpus.synthetic import make_synthetic_corpus, split_sizes
+
+    try:
+        num_dev, num_test = split_sizes(args.num_utterances, args.num_dev, args.num_test)
+    except ValueError as exc:
+        parser.error(str(exc))
     _setup_logging()
-    from .corpus.synthetic import make_synthetic_corpus
 
     start = time.perf_counter()
     summary = make_synthetic_corpus(
@@ -67,8 +68,8 @@ def make_corpus_main(argv: list[str] | None = None) -> int:
         num_utterances=args.num_utterances,
         seed=args.seed,
         # The splits are rounded fractions of the distinct sentences: these fractions give the counts.
-        dev_fraction=args.num_dev / args.num_utterances,
-        test_fraction=args.num_test / args.num_utterances,
+        dev_fraction=num_dev / args.num_utterances,
+        test_fraction=num_test / args.num_utterances,
         num_workers=args.workers,
         force=args.force,
     )
