@@ -128,6 +128,10 @@ def finetune_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# How many transcripts `inference --audio` prints (all of them are in transcripts.tsv).
+_SHOWN_TRANSCRIPTS = 10
+
+
 def inference_main(argv: list[str] | None = None) -> int:
     """``asr-ctc-inference --model DIR [--split test | --manifest FILE | --audio PATH ...] [options]``."""
     parser = argparse.ArgumentParser(prog="inference", description="Decode a test set and report WER/CER.")
@@ -213,6 +217,11 @@ def inference_main(argv: list[str] | None = None) -> int:
     if s["decoder"] != "greedy" and result.wer is not None:
         line += f"  |  {s['decoder']} WER {100 * result.wer:.2f}%  CER {100 * result.cer:.2f}%"
     print(line + f"  ({s['decoding_seconds']['total']:.1f} s)")
+    if args.audio:  # no scores to show: the transcripts themselves, a handful of them
+        for uid, text in result.transcripts[:_SHOWN_TRANSCRIPTS]:
+            print(f"  {uid}\t{text}")
+        if len(result.transcripts) > _SHOWN_TRANSCRIPTS:
+            print(f"  ... and {len(result.transcripts) - _SHOWN_TRANSCRIPTS} more")
     print(f"per-utterance transcripts: {result.transcripts_path}")
     print(f"summary: {result.summary_path}")
     return 0

@@ -17,7 +17,15 @@ from typing import Any
 import yaml
 from transformers import TrainingArguments, Wav2Vec2Processor, set_seed
 
-from .config import RUN_CONFIG, ConfigError, ExperimentConfig, check_reporting, load_yaml, to_dict
+from .config import (
+    RUN_CONFIG,
+    ConfigError,
+    ExperimentConfig,
+    check_reporting,
+    load_yaml,
+    to_dict,
+    with_resolved_paths,
+)
 from .data.collator import CTCDataCollator
 from .data.dataset import open_split, open_streaming_split, streaming_texts
 from .data.index import load_source_index
@@ -306,7 +314,8 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
     )
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(out))
-        atomic_write_text(out / RUN_CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        saved = with_resolved_paths(to_dict(cfg))  # absolute manifests: inference works from anywhere
+        atomic_write_text(out / RUN_CONFIG, yaml.safe_dump(saved, sort_keys=False))
     train_out = trainer.train(resume_from_checkpoint=resume_from)
     metrics: dict[str, Any] = dict(train_out.metrics)
     if eval_ds is not None:

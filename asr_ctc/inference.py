@@ -11,7 +11,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,15 @@ TUNE_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0)
 
 @dataclass
 class InferenceResult:
+    """Scores (None without references), the written files, and ``(id, hypothesis)`` per utterance."""
+
     wer: float | None
     cer: float | None
     num_utterances: int
     transcripts_path: Path
     summary_path: Path
     summary: dict[str, Any]
+    transcripts: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -133,6 +136,33 @@ def run_inference(
     return _write_outputs(job, data, decoded, summary)
 
 
+def _check_data_files(cfg: ExperimentConfig | None, opts: InferenceOptions) -> None:
+    """The manifests the job will read exist, checked before any work, each error naming its key and the
+    rule for relative paths (a run saved before its paths were stored resolved keeps them relative)."""
+    if opts.audio:
+        return
+    if opts.manifest is not None:
+        if not Path(opts.manifest).expanduser().is_file():
+            raise ValueError(f"--manifest: file not found: {opts.manifest}")
+    elif cfg is not None:
+        source = getattr(cfg.data, opts.split, None) if opts.split in ("train", "eval", "test") else None
+        _check_manifest(source, f"data.{opts.split}.manifest")
+    if opts.tune_lm and cfg is not None:
+        _check_manifest(cfg.data.eval, "data.eval.manifest (for --tune-lm)")
+
+
+def _check_manifest(source: SourceConfig | None, key: str) -> None:
+    if source is None or source.manifest is None or Path(source.manifest).expanduser().is_file():
+        return
+    rule = ""
+    if not Path(source.manifest).expanduser().is_absolute():
+        rule = (
+            f" (a relative path in a config is relative to the working directory, here {Path.cwd()}: run "
+            "from the directory the model was fine-tuned in, or pass --config or --manifest)"
+        )
+    raise ValueError(f"{key}: file not found: {source.manifest}{rule}")
+
+
 @dataclass
 class _Job:
     """What every step of one inference run reads: the resolved model, config, decoder options, output.
@@ -155,9 +185,12 @@ def _prepare_job(model_dir: Path, cfg: ExperimentConfig | None, opts: InferenceO
     """Check the options and settle the config, the decoder options and the device (no model loaded)."""
     if not model_dir.is_dir():
         raise ValueError(f"--model: not a directory: {model_dir}")
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"--model {model_dir}: not a model directory (no config.json)")
     run_dir = find_run_dir(model_dir)
     if cfg is None:
         cfg = load_run_config(model_dir, None, [])
+    _check_data_files(cfg, opts)
     decoding = opts.decoding or (cfg.decoding if cfg is not None else DecodingConfig())
     if opts.tune_lm and opts.tune_utterances < 1:  # checked before the model is loaded
         raise ValueError(f"tune_utterances: expected at least 1, got {opts.tune_utterances}")
@@ -275,19 +308,21 @@ def _decode_all(job: _Job, model, processor, data: _Data, decoder) -> _Decoded:
     opts, tokenizer, n = job.opts, processor.tokenizer, len(data.dataset)
     vocab = _vocab(model, tokenizer, job.data_cfg)
     decoded = _Decoded([""] * n, [""] * n, {"hypothesis": [None] * n, "reference": [None] * n}, 0.0, 0.0)
-    plotted = 0
     start = time.perf_counter()
     for idx, batch, log_probs, lengths in _emissions(
         model, processor, data.dataset, opts.batch_size, opts.num_workers, job.device
     ):
         _decode_batch(decoded, idx, log_probs, lengths, tokenizer, decoder)
-        if opts.timestamps or plotted < opts.plot:
+        # Batches come longest first: the plots are of the first utterances as given, wherever they fall.
+        to_plot = [row for row, i in enumerate(idx) if i < opts.plot]
+        if opts.timestamps or to_plot:
             aligned = _align_batch(decoded, idx, batch, log_probs, lengths, tokenizer, vocab, data.has_refs)
-            for row, i in enumerate(idx):
-                if plotted < opts.plot and aligned[row] is not None:
-                    uid = data.dataset.ids[i]
-                    _plot(batch, row, log_probs[row], lengths[row], aligned[row], uid, vocab, job)
-                    plotted += 1
+            for row in to_plot:
+                if aligned[row] is None:
+                    uid = data.dataset.ids[idx[row]]
+                    logger.warning("no plot of %s: its hypothesis has no alignment", uid)
+                    continue
+                _plot(data.dataset, idx[row], log_probs[row], lengths[row], aligned[row], vocab, job)
     decoded.total_seconds = time.perf_counter() - start
     return decoded
 
@@ -385,8 +420,9 @@ def _write_outputs(job: _Job, data: _Data, decoded: _Decoded, summary: dict[str,
     if job.opts.timestamps:
         _write_timestamps(out, ids, decoded.timings, data.has_refs)
     atomic_write_text(json_path, json.dumps(summary, indent=2, ensure_ascii=False))
+    transcripts = list(zip(ids, decoded.hyps, strict=True))
     return InferenceResult(
-        summary.get("wer"), summary.get("cer"), len(data.dataset), tsv_path, json_path, summary
+        summary.get("wer"), summary.get("cer"), len(data.dataset), tsv_path, json_path, summary, transcripts
     )
 
 
@@ -551,16 +587,18 @@ def _write_timestamps(out: Path, ids: list[str], timings: dict[str, list[Any]], 
         atomic_write_text(out / f"{kind}.ctm", lines)
 
 
-def _plot(batch, row, log_probs, n_frames, aligned, uid, vocab: _Vocab, job: _Job) -> None:
+def _plot(dataset: SpeechDataset, i: int, log_probs, n_frames, aligned, vocab: _Vocab, job: _Job) -> None:
+    """The alignment plot of utterance ``i``, over its audio as read (amplitude), not the model's
+    normalised input."""
     from .plots import plot_alignment
 
     n = int(n_frames)
-    samples = int(batch["attention_mask"][row].sum())
+    uid = dataset.ids[i]
     names = [vocab.id_to_token[i] for i in range(len(vocab.id_to_token))]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in uid)
     plot_alignment(
         job.out / "plots" / f"{safe}.png",
-        batch["input_values"][row, :samples].numpy(),
+        dataset.load(dataset.table[i]),
         job.data_cfg.sampling_rate,
         log_probs[:n],
         aligned[0].tolist(),
