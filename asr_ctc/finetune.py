@@ -33,7 +33,7 @@ from .data.vocab import build_processor, build_vocab
 from .fileio import atomic_write_text
 from .lm import LM_DIR, build_lm_dir
 from .metrics import argmax_logits, make_compute_metrics
-from .modeling import build_model, frame_lengths, load_checkpoint_processor
+from .modeling import build_model, frame_lengths, load_checkpoint_config, load_checkpoint_processor
 from .plots import plot_training_curves
 from .trainer import CTCTrainer
 
@@ -263,6 +263,10 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
         args = TrainingArguments(output_dir=str(out), **training)
     except (TypeError, ValueError) as exc:  # transformers' own consistency checks on the values
         raise ConfigError(f"training: {exc}") from exc
+    # The model the config names must be reachable before the output directory is judged: a rerun of a
+    # failed run then reports the config's own error first, not "already holds a run".
+    if cfg.model.name_or_path:
+        load_checkpoint_config(cfg.model.name_or_path)
     # Only the main process checks (and, with --overwrite, clears) the directory; the others wait for it,
     # then only look up the checkpoint to resume from.
     with args.main_process_first(desc="output directory check"):
