@@ -16,6 +16,16 @@ def _setup_logging() -> None:
     logging.getLogger("asr_ctc").setLevel(logging.INFO)
 
 
+def _library_progress_bars_off() -> None:
+    """No progress bars from datasets (saving, indexing, encoding an Arrow table) or transformers
+    (loading weights): a job shows one bar per long step of its own (training, decoding)."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
 def _fail(exc: Exception | str) -> int:
     """One ``error:`` line (a multi-line message stays one error), exit status 2."""
     print(f"error: {exc}", file=sys.stderr)
@@ -103,6 +113,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     _setup_logging()
+    _library_progress_bars_off()
     from .config import load_config
     from .data.dataset import EmptyDatasetError
     from .data.manifest import ManifestError
@@ -177,6 +188,7 @@ def inference_main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     _setup_logging()
+    _library_progress_bars_off()
     import dataclasses
     from pathlib import Path
 

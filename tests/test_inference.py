@@ -293,3 +293,22 @@ def test_split_from_another_working_directory(tiny_corpus, tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith(f"error: data.test.manifest: file not found: {tiny_corpus.name}/test.tsv")
     assert f"relative to the working directory, here {elsewhere}" in err and "--config or --manifest" in err
+
+
+def test_jobs_show_their_own_progress_bars_only(trained, tiny_corpus, tmp_path, capsys):
+    """datasets' (indexing, saving, encoding) and transformers' (loading weights) bars are off in the
+    jobs; the job's own long step (decoding) keeps its bar."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    wavs = sorted((tiny_corpus / "wavs").glob("dev-*.wav"))[:2]  # never indexed before: datasets would map
+    try:
+        args = ["--model", str(trained), "--audio", *map(str, wavs), "--output-dir", str(tmp_path)]
+        assert inference_main(args) == 0
+    finally:
+        datasets.enable_progress_bars()
+        transformers_logging.enable_progress_bar()
+    err = capsys.readouterr().err
+    assert "decoding" in err
+    for library_bar in ("indexing audio files", "Loading weights", "Saving the dataset", "Map"):
+        assert library_bar not in err, err
