@@ -182,7 +182,9 @@ def inference_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timestamps", action="store_true", help="write word timings (words.json, hypothesis/reference .ctm)"
     )
-    parser.add_argument("--plot", type=int, default=0, metavar="N", help="alignment plots of N utterances")
+    parser.add_argument(
+        "--plot", type=int, default=0, metavar="N", help="alignment plots of the first N utterances"
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. decoding.beam_size=50"
     )
