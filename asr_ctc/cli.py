@@ -16,6 +16,16 @@ def _setup_logging() -> None:
     logging.getLogger("asr_ctc").setLevel(logging.INFO)
 
 
+def _library_progress_bars_off() -> None:
+    """No progress bars from datasets (saving, indexing, encoding an Arrow table) or transformers
+    (loading weights): a job shows one bar per long step of its own (training, decoding)."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
 def _fail(exc: Exception | str) -> int:
     """One ``error:`` line (a multi-line message stays one error), exit status 2."""
     print(f"error: {exc}", file=sys.stderr)
@@ -47,19 +57,20 @@ def make_corpus_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--num-utterances", type=int, default=14250, help="all splits together (default: %(default)s)"
     )
-    parser.add_argument("--num-dev", type=int, default=500, help="dev utterances (default: %(default)s)")
-    parser.add_argument("--num-test", type=int, default=1000, help="test utterances (default: %(default)s)")
+    share = "per 14,250 of --num-utterances, at least 1"
+    parser.add_argument("--num-dev", type=int, help=f"dev utterances (default: 500 {share})")
+    parser.add_argument("--num-test", type=int, help=f"test utterances (default: 1000 {share})")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="regenerate even if out-dir has this corpus")
     args = parser.parse_args(argv)
-    if args.num_dev < 0 or args.num_test < 0 or args.num_dev + args.num_test >= args.num_utterances:
-        parser.error(
-            f"--num-dev, --num-test: expected counts >= 0 that leave training utterances out of "
-            f"--num-utterances {args.num_utterances}, got {args.num_dev} and {args.num_test}"
-        )
+    from .corpus.synthetic import make_synthetic_corpus, split_sizes
+
+    try:
+        num_dev, num_test = split_sizes(args.num_utterances, args.num_dev, args.num_test)
+    except ValueError as exc:
+        parser.error(str(exc))
     _setup_logging()
-    from .corpus.synthetic import make_synthetic_corpus
 
     start = time.perf_counter()
     summary = make_synthetic_corpus(
@@ -67,8 +78,8 @@ def make_corpus_main(argv: list[str] | None = None) -> int:
         num_utterances=args.num_utterances,
         seed=args.seed,
         # The splits are rounded fractions of the distinct sentences: these fractions give the counts.
-        dev_fraction=args.num_dev / args.num_utterances,
-        test_fraction=args.num_test / args.num_utterances,
+        dev_fraction=num_dev / args.num_utterances,
+        test_fraction=num_test / args.num_utterances,
         num_workers=args.workers,
         force=args.force,
     )
@@ -102,6 +113,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     _setup_logging()
+    _library_progress_bars_off()
     from .config import load_config
     from .data.dataset import EmptyDatasetError
     from .data.manifest import ManifestError
@@ -125,6 +137,10 @@ def finetune_main(argv: list[str] | None = None) -> int:
         line += f"  eval WER {100 * m['eval_wer']:.2f}%  CER {100 * m['eval_cer']:.2f}%"
     print(line)
     return 0
+
+
+# How many transcripts `inference --audio` prints (all of them are in transcripts.tsv).
+_SHOWN_TRANSCRIPTS = 10
 
 
 def inference_main(argv: list[str] | None = None) -> int:
@@ -166,17 +182,20 @@ def inference_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timestamps", action="store_true", help="write word timings (words.json, hypothesis/reference .ctm)"
     )
-    parser.add_argument("--plot", type=int, default=0, metavar="N", help="alignment plots of N utterances")
+    parser.add_argument(
+        "--plot", type=int, default=0, metavar="N", help="alignment plots of the first N utterances"
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. decoding.beam_size=50"
     )
     args = parser.parse_args(argv)
     _setup_logging()
+    _library_progress_bars_off()
     import dataclasses
     from pathlib import Path
 
     from .data.dataset import EmptyDatasetError
-    from .inference import load_run_config, run_inference
+    from .inference import InferenceOptions, load_run_config, run_inference
 
     try:
         cfg = load_run_config(Path(args.model), args.config, args.overrides)
@@ -188,22 +207,21 @@ def inference_main(argv: list[str] | None = None) -> int:
             "word_score": args.word_score,
         }
         decoding = dataclasses.replace(decoding, **{k: v for k, v in chosen.items() if v is not None})
-        result = run_inference(
-            args.model,
-            cfg,
-            args.split,
-            args.manifest,
-            args.output_dir,
-            args.batch_size,
-            args.device,
+        options = InferenceOptions(
+            split=args.split,
+            manifest=args.manifest,
             audio=args.audio,
+            output_dir=args.output_dir,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=args.device,
             decoding=decoding,
             tune_lm=args.tune_lm,
             tune_utterances=args.tune_utterances,
             timestamps=args.timestamps,
             plot=args.plot,
-            num_workers=args.num_workers,
         )
+        result = run_inference(args.model, cfg, options)
     except (ConfigError, EmptyDatasetError, ValueError, OSError) as exc:
         return _fail(exc)
     s = result.summary
@@ -213,6 +231,11 @@ def inference_main(argv: list[str] | None = None) -> int:
     if s["decoder"] != "greedy" and result.wer is not None:
         line += f"  |  {s['decoder']} WER {100 * result.wer:.2f}%  CER {100 * result.cer:.2f}%"
     print(line + f"  ({s['decoding_seconds']['total']:.1f} s)")
+    if args.audio:  # no scores to show: the transcripts themselves, a handful of them
+        for uid, text in result.transcripts[:_SHOWN_TRANSCRIPTS]:
+            print(f"  {uid}\t{text}")
+        if len(result.transcripts) > _SHOWN_TRANSCRIPTS:
+            print(f"  ... and {len(result.transcripts) - _SHOWN_TRANSCRIPTS} more")
     print(f"per-utterance transcripts: {result.transcripts_path}")
     print(f"summary: {result.summary_path}")
     return 0

@@ -540,3 +540,15 @@ def load_config(
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as a plain mapping (what gets saved next to a checkpoint)."""
     return dataclasses.asdict(cfg)
+
+
+def with_resolved_paths(tree: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping (:func:`to_dict`'s form) with each split's ``manifest`` made absolute, resolved
+    against the working directory: what a run saves, so that its ``run_config.yaml`` names the same files
+    from any working directory (``inference --split``)."""
+    data = dict(tree.get("data") or {})
+    for split in ("train", "eval", "test"):
+        source = data.get(split)
+        if isinstance(source, dict) and source.get("manifest"):
+            data[split] = {**source, "manifest": str(Path(source["manifest"]).expanduser().resolve())}
+    return {**tree, "data": data}

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from asr_ctc.autograd_guard import first_order_only
 from asr_ctc.ctc_states import interleave_blanks, states_to_classes
 
 __all__ = ["CTCLoss", "ctc_loss"]
@@ -412,17 +413,21 @@ class _CTCFunction(torch.autograd.Function):
                 gamma.masked_fill_(infinite.view(1, -1, 1), 0.0)
         ctx.input_dtype = log_probs.dtype
         ctx.n_classes = log_probs.shape[-1]
-        ctx.save_for_backward(gamma, states.ext)
+        # log_probs is kept only to tie the gradient to it when a second derivative is asked for.
+        ctx.save_for_backward(gamma, states.ext, log_probs)
         return nll
 
     @staticmethod
     def backward(ctx, grad_nll):
         # d nll_b / d log_probs[t, b, c] = -gamma[t, b, c]: the true derivative, valid for any log_probs.
-        gamma, ext = ctx.saved_tensors
+        # Exact to first order only: a double backward raises (asr_ctc.autograd_guard) instead of silently
+        # treating gamma as a constant.
+        gamma, ext, log_probs = ctx.saved_tensors
         grad = gamma * grad_nll.to(gamma.dtype).neg().view(1, -1, 1)
         if gamma.shape[-1] != ctx.n_classes:  # stored per state (C > S): fold into classes
             grad = states_to_classes(grad, ext.unsqueeze(0), ctx.n_classes)
-        return grad.to(ctx.input_dtype), None, None, None, None, None
+        grad = first_order_only(grad.to(ctx.input_dtype), log_probs, "asr_ctc.ctc_loss", "log_probs")
+        return grad, None, None, None, None, None
 
 
 def _is_int(value: object) -> bool:

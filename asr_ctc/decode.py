@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import jiwer
 import torch
 
+from .data.text import normalize_text
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -52,7 +54,19 @@ def greedy_decode(
     """
     blank = tokenizer.pad_token_id
     frames = greedy_ids(logits, frame_lengths)
-    return [tokenizer.decode(collapse(ids, blank), group_tokens=False) for ids in frames]
+    return [tidy_transcript(tokenizer.decode(collapse(ids, blank), group_tokens=False)) for ids in frames]
+
+
+def tidy_transcript(text: str) -> str:
+    """A decoded transcript as the project prints, scores and writes it: words joined by single spaces,
+    none at either end (the one home of that rule for every decoder's output).
+
+    A CTC path may emit the word delimiter twice around a blank (``a | <blank> | b``) or at either end;
+    the tokenizer turns each into a space, and ``"a  b"`` would count as an error against ``"a b"`` in the
+    CER (NeMo#4034). The references get the same rule when they are normalised
+    (:func:`asr_ctc.data.text.normalize_text`), which this reuses without its lowercasing.
+    """
+    return normalize_text(text, lowercase=False)
 
 
 def collapse(frame_ids: Sequence[int], blank: int) -> list[int]:
@@ -460,7 +474,7 @@ class BeamSearchDecoder:
         emissions = self._with_closing_frame(log_probs)
         # flashlight reads T x C floats straight from this address; `emissions` stays alive until it returns.
         best = self._decoder.decode(emissions.data_ptr(), emissions.shape[0], emissions.shape[1])[0]
-        text = " ".join(self._words.get_entry(w) for w in best.words if w >= 0)
+        text = tidy_transcript(" ".join(self._words.get_entry(w) for w in best.words if w >= 0))
         return text, self._strip_boundary_delimiters(collapse(list(best.tokens), self.blank_id))
 
     def _with_closing_frame(self, log_probs: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,15 @@ from typing import Any
 import yaml
 from transformers import TrainingArguments, Wav2Vec2Processor, set_seed
 
-from .config import RUN_CONFIG, ConfigError, ExperimentConfig, check_reporting, load_yaml, to_dict
+from .config import (
+    RUN_CONFIG,
+    ConfigError,
+    ExperimentConfig,
+    check_reporting,
+    load_yaml,
+    to_dict,
+    with_resolved_paths,
+)
 from .data.collator import CTCDataCollator
 from .data.dataset import open_split, open_streaming_split, streaming_texts
 from .data.index import load_source_index
@@ -25,7 +33,7 @@ from .data.vocab import build_processor, build_vocab
 from .fileio import atomic_write_text
 from .lm import LM_DIR, build_lm_dir
 from .metrics import argmax_logits, make_compute_metrics
-from .modeling import build_model, frame_lengths, load_checkpoint_processor
+from .modeling import build_model, frame_lengths, load_checkpoint_config, load_checkpoint_processor
 from .plots import plot_training_curves
 from .trainer import CTCTrainer
 
@@ -255,6 +263,10 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
         args = TrainingArguments(output_dir=str(out), **training)
     except (TypeError, ValueError) as exc:  # transformers' own consistency checks on the values
         raise ConfigError(f"training: {exc}") from exc
+    # The model the config names must be reachable before the output directory is judged: a rerun of a
+    # failed run then reports the config's own error first, not "already holds a run".
+    if cfg.model.name_or_path:
+        load_checkpoint_config(cfg.model.name_or_path)
     # Only the main process checks (and, with --overwrite, clears) the directory; the others wait for it,
     # then only look up the checkpoint to resume from.
     with args.main_process_first(desc="output directory check"):
@@ -306,7 +318,8 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
     )
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(out))
-        atomic_write_text(out / RUN_CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        saved = with_resolved_paths(to_dict(cfg))  # absolute manifests: inference works from anywhere
+        atomic_write_text(out / RUN_CONFIG, yaml.safe_dump(saved, sort_keys=False))
     train_out = trainer.train(resume_from_checkpoint=resume_from)
     metrics: dict[str, Any] = dict(train_out.metrics)
     if eval_ds is not None:

@@ -11,7 +11,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,370 @@ TUNE_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0)
 
 @dataclass
 class InferenceResult:
+    """Scores (None without references), the written files, and ``(id, hypothesis)`` per utterance."""
+
     wer: float | None
     cer: float | None
     num_utterances: int
     transcripts_path: Path
     summary_path: Path
     summary: dict[str, Any]
+    transcripts: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class InferenceOptions:
+    """What the inference job decodes and how: the command line's options (each default is the CLI's).
+
+    Attributes:
+        split: the config's split to score (``train``, ``eval`` or ``test``).
+        manifest: score this manifest instead of a config split.
+        audio: transcribe these audio files and folders instead (no references, no scores).
+        output_dir: where the outputs go (default: ``MODEL_DIR/inference_<split>``).
+        batch_size: utterances per forward pass.
+        num_workers: DataLoader workers decoding audio.
+        device: ``cuda`` when available, else ``cpu``, unless given.
+        decoding: decoder and its options (default: the config's ``decoding``, else greedy).
+        tune_lm: grid-search ``lm_weight``/``word_score`` on the eval split first and save the best to
+            ``lm/tuned.json`` beside the model, where later runs find them.
+        tune_utterances: how many eval utterances (the first ones) ``tune_lm`` decodes per grid point.
+        timestamps: write word timings (``words.json``, ``hypothesis.ctm``/``reference.ctm``).
+        plot: alignment plots of this many utterances (into ``plots/``).
+    """
+
+    split: str = "test"
+    manifest: str | None = None
+    audio: list[str] | None = None
+    output_dir: str | Path | None = None
+    batch_size: int = 16
+    num_workers: int = 0
+    device: str | None = None
+    decoding: DecodingConfig | None = None
+    tune_lm: bool = False
+    tune_utterances: int = 500
+    timestamps: bool = False
+    plot: int = 0
+
+
+def run_inference(
+    model_dir: str | Path,
+    cfg: ExperimentConfig | None = None,
+    options: InferenceOptions | None = None,
+    **changes: Any,
+) -> InferenceResult:
+    """Decode and score one split (or transcribe audio files/folders); writes ``transcripts.tsv`` and
+    ``summary.json`` (plus ``words.json``/``*.ctm`` with ``timestamps``, ``plots/`` with ``plot``) into the
+    output directory (default: ``MODEL_DIR/inference_<split>``).
+
+    Args:
+        model_dir: a fine-tuned model directory, or a ``checkpoint-N`` inside one.
+        cfg: the config naming the data (default: the run's saved ``run_config.yaml``).
+        options: what to decode and how (:class:`InferenceOptions`); ``changes`` (its field names as
+            keywords, e.g. ``split="test", timestamps=True``) replace single fields.
+
+    Raises:
+        ValueError: a bad option, model directory or data source, naming it.
+    """
+    opts = replace(options or InferenceOptions(), **changes)
+    job = _prepare_job(Path(model_dir), cfg, opts)
+    model, processor = _load_model(job)
+    data = _open_data(job, processor)
+    tuned = _tune(model, processor, job) if opts.tune_lm else None
+    decoder, weights = _make_decoder(job, processor)
+    decoded = _decode_all(job, model, processor, data, decoder)
+    # Scoring the word timings against ground-truth timings (data that has them) is a step of its own: here.
+    summary = _summary(job, data, decoded, weights, tuned)
+    return _write_outputs(job, data, decoded, summary)
+
+
+def _check_data_files(cfg: ExperimentConfig | None, opts: InferenceOptions) -> None:
+    """The manifests the job will read exist, checked before any work, each error naming its key and the
+    rule for relative paths (a run saved before its paths were stored resolved keeps them relative)."""
+    if opts.audio:
+        return
+    if opts.manifest is not None:
+        if not Path(opts.manifest).expanduser().is_file():
+            raise ValueError(f"--manifest: file not found: {opts.manifest}")
+    elif cfg is not None:
+        source = getattr(cfg.data, opts.split, None) if opts.split in ("train", "eval", "test") else None
+        _check_manifest(source, f"data.{opts.split}.manifest")
+    if opts.tune_lm and cfg is not None:
+        _check_manifest(cfg.data.eval, "data.eval.manifest (for --tune-lm)")
+
+
+def _check_manifest(source: SourceConfig | None, key: str) -> None:
+    if source is None or source.manifest is None or Path(source.manifest).expanduser().is_file():
+        return
+    rule = ""
+    if not Path(source.manifest).expanduser().is_absolute():
+        rule = (
+            f" (a relative path in a config is relative to the working directory, here {Path.cwd()}: run "
+            "from the directory the model was fine-tuned in, or pass --config or --manifest)"
+        )
+    raise ValueError(f"{key}: file not found: {source.manifest}{rule}")
+
+
+@dataclass
+class _Job:
+    """What every step of one inference run reads: the resolved model, config, decoder options, output.
+
+    ``name`` names the data (``audio``, the manifest's stem or the split), ``out`` the output directory.
+    """
+
+    model_dir: Path
+    run_dir: Path
+    cfg: ExperimentConfig | None
+    data_cfg: DataConfig
+    decoding: DecodingConfig
+    device: str
+    opts: InferenceOptions
+    name: str
+    out: Path
+
+
+def _prepare_job(model_dir: Path, cfg: ExperimentConfig | None, opts: InferenceOptions) -> _Job:
+    """Check the options and settle the config, the decoder options and the device (no model loaded)."""
+    if not model_dir.is_dir():
+        raise ValueError(f"--model: not a directory: {model_dir}")
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"--model {model_dir}: not a model directory (no config.json)")
+    run_dir = find_run_dir(model_dir)
+    if cfg is None:
+        cfg = load_run_config(model_dir, None, [])
+    _check_data_files(cfg, opts)
+    decoding = opts.decoding or (cfg.decoding if cfg is not None else DecodingConfig())
+    if opts.tune_lm and opts.tune_utterances < 1:  # checked before the model is loaded
+        raise ValueError(f"tune_utterances: expected at least 1, got {opts.tune_utterances}")
+    if opts.tune_lm and decoding.decoder != "lm":
+        decoding = replace(decoding, decoder="lm")
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    data_cfg = cfg.data if cfg is not None else DataConfig()
+    name = "audio" if opts.audio else Path(opts.manifest).stem if opts.manifest else opts.split
+    out = Path(opts.output_dir) if opts.output_dir else model_dir / f"inference_{name}"
+    return _Job(model_dir, run_dir, cfg, data_cfg, decoding, device, opts, name, out)
+
+
+def _load_model(job: _Job) -> tuple[Any, Wav2Vec2Processor]:
+    """The CTC model (in eval mode, on the job's device) and its processor (the model's, else the run's)."""
+    has_vocab = (job.model_dir / "vocab.json").is_file()
+    processor = Wav2Vec2Processor.from_pretrained(str(job.model_dir if has_vocab else job.run_dir))
+    model = AutoModelForCTC.from_pretrained(str(job.model_dir)).to(job.device).eval()
+    return model, processor
+
+
+@dataclass
+class _Data:
+    """The split (or audio files) being decoded."""
+
+    dataset: SpeechDataset
+    report: Any
+    has_refs: bool
+
+
+def _open_data(job: _Job, processor: Wav2Vec2Processor) -> _Data:
+    """The audio files, the manifest or the config's split, indexed and opened (nothing filtered out but
+    unreadable audio and empty transcripts)."""
+    opts = job.opts
+    if opts.audio:
+        index = index_audio_files(opts.audio, job.data_cfg)
+    else:
+        index = load_source_index(_source(job.cfg, opts.split, opts.manifest), job.data_cfg, job.name)
+    dataset, report = open_split(index, processor, job.data_cfg, for_training=False)
+    logger.info(report.summary())
+    return _Data(dataset, report, has_refs=not opts.audio)
+
+
+def _tune(model, processor, job: _Job) -> dict[str, Any]:
+    """Grid-search (lm_weight, word_score) on the eval split; save the best to ``lm/tuned.json``."""
+    cfg, run_dir, opts, max_utterances = job.cfg, job.run_dir, job.decoding, job.opts.tune_utterances
+    batch_size, num_workers, device = job.opts.batch_size, job.opts.num_workers, job.device
+    if cfg is None or cfg.data.eval is None:
+        raise ValueError("--tune-lm: needs an eval split (data.eval) in the config")
+    source = replace(cfg.data.eval, streaming=False)
+    index = load_source_index(source, cfg.data, "eval")
+    dataset, _ = open_split(index, processor, cfg.data, for_training=False)
+    if len(dataset) > max_utterances:  # the first N: enough to rank a small grid
+        dataset = SpeechDataset(
+            dataset.table.select(range(max_utterances)),
+            dataset.sampling_rate,
+            dataset.hub_table,
+            dataset.audio_column,
+        )
+    batches, lengths, refs = [], [], []
+    for idx, _, log_probs, n in _emissions(model, processor, dataset, batch_size, num_workers, device):
+        batches.append(log_probs)
+        lengths.append(n)
+        refs.extend(dataset.texts[i] for i in idx)
+    decoder = _decoder(run_dir, processor, opts)  # the trie and the LM are built once, then reweighted
+
+    def decode(lm_weight, word_score, log_probs, n):
+        decoder.set_weights(lm_weight, word_score)
+        return decoder.decode(log_probs, n)
+
+    start = time.perf_counter()
+    lm_weight, word_score, table = tune_lm_weights(
+        decode, batches, lengths, refs, TUNE_LM_WEIGHTS, TUNE_WORD_SCORES
+    )
+    best = {
+        "lm_weight": lm_weight,
+        "word_score": word_score,
+        "dev_utterances": len(dataset),
+        "beam_size": opts.beam_size,
+        "seconds": round(time.perf_counter() - start, 1),
+        "grid": table,
+    }
+    atomic_write_text(run_dir / LM_DIR / TUNED_LM, json.dumps(best, indent=1))
+    logger.info(
+        "tuned on %d dev utterances: lm_weight %s, word_score %s", len(dataset), lm_weight, word_score
+    )
+    return best
+
+
+def _make_decoder(
+    job: _Job, processor: Wav2Vec2Processor
+) -> tuple[BeamSearchDecoder | None, dict[str, float]]:
+    """The beam search decoder and its weights; ``(None, {})`` for greedy decoding."""
+    opts = job.decoding
+    if opts.decoder == "greedy":
+        return None, {}
+    weights = _lm_weights(job.run_dir, opts)
+    decoder = _decoder(job.run_dir, processor, opts, **weights)
+    logger.info("decoder %s: beam %d, %s", opts.decoder, opts.beam_size, weights)
+    return decoder, weights
+
+
+@dataclass
+class _Decoded:
+    """Per utterance (in dataset order): greedy and final transcripts and word timings; the loop's seconds."""
+
+    greedy: list[str]
+    hyps: list[str]
+    timings: dict[str, list[Any]]
+    total_seconds: float
+    beam_seconds: float
+
+
+def _decode_all(job: _Job, model, processor, data: _Data, decoder) -> _Decoded:
+    """Every utterance decoded greedily (and by ``decoder``), aligned and plotted as the options ask."""
+    opts, tokenizer, n = job.opts, processor.tokenizer, len(data.dataset)
+    vocab = _vocab(model, tokenizer, job.data_cfg)
+    decoded = _Decoded([""] * n, [""] * n, {"hypothesis": [None] * n, "reference": [None] * n}, 0.0, 0.0)
+    start = time.perf_counter()
+    for idx, batch, log_probs, lengths in _emissions(
+        model, processor, data.dataset, opts.batch_size, opts.num_workers, job.device
+    ):
+        _decode_batch(decoded, idx, log_probs, lengths, tokenizer, decoder)
+        # Batches come longest first: the plots are of the first utterances as given, wherever they fall.
+        to_plot = [row for row, i in enumerate(idx) if i < opts.plot]
+        if opts.timestamps or to_plot:
+            aligned = _align_batch(decoded, idx, batch, log_probs, lengths, tokenizer, vocab, data.has_refs)
+            for row in to_plot:
+                if aligned[row] is None:
+                    uid = data.dataset.ids[idx[row]]
+                    logger.warning("no plot of %s: its hypothesis has no alignment", uid)
+                    continue
+                _plot(data.dataset, idx[row], log_probs[row], lengths[row], aligned[row], vocab, job)
+    decoded.total_seconds = time.perf_counter() - start
+    return decoded
+
+
+def _decode_batch(decoded: _Decoded, idx, log_probs, lengths, tokenizer, decoder) -> None:
+    """Greedy transcripts of a batch, and the beam search's when there is a decoder (timed)."""
+    texts = greedy_decode(log_probs, lengths, tokenizer)
+    for i, text in zip(idx, texts, strict=True):
+        decoded.greedy[i] = text
+    if decoder is None:
+        for i, text in zip(idx, texts, strict=True):
+            decoded.hyps[i] = text
+        return
+    beam_start = time.perf_counter()
+    for i, text in zip(idx, decoder.decode(log_probs, lengths), strict=True):
+        decoded.hyps[i] = text
+    decoded.beam_seconds += time.perf_counter() - beam_start
+
+
+@dataclass
+class _Vocab:
+    """The tokenizer's ids the decoding steps need, and the model's frame step in seconds."""
+
+    blank: int
+    delimiter: int
+    id_to_token: dict[int, str]
+    seconds_per_frame: float
+
+
+def _vocab(model, tokenizer, data_cfg: DataConfig) -> _Vocab:
+    return _Vocab(
+        blank=tokenizer.pad_token_id,
+        delimiter=tokenizer.convert_tokens_to_ids(tokenizer.word_delimiter_token),
+        id_to_token=dict(enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))),
+        seconds_per_frame=samples_per_frame(model) / data_cfg.sampling_rate,
+    )
+
+
+def _align_batch(decoded: _Decoded, idx, batch, log_probs, lengths, tokenizer, vocab: _Vocab, has_refs):
+    """Word timings of the batch's hypotheses (and references), stored in ``decoded.timings``; returns the
+    hypotheses' ``(frame path, timed words)`` per row (None where no alignment fits)."""
+    hyp_ids = [tokenizer(decoded.hyps[i]).input_ids if decoded.hyps[i] else [] for i in idx]
+    aligned = _timestamps(log_probs, lengths, hyp_ids, vocab)
+    refs = None
+    if has_refs:
+        # The batch already holds the references' labels (-100 padded): no second audio decode.
+        ref_ids = [row[row != IGNORE_INDEX].tolist() for row in batch["labels"]]
+        refs = _timestamps(log_probs, lengths, ref_ids, vocab)
+    for row, i in enumerate(idx):
+        decoded.timings["hypothesis"][i] = aligned[row][1] if aligned[row] else None
+        if refs is not None:
+            decoded.timings["reference"][i] = refs[row][1] if refs[row] else None
+    return aligned
+
+
+def _summary(job: _Job, data: _Data, decoded: _Decoded, weights, tuned) -> dict[str, Any]:
+    """``summary.json``'s content: the run, its timings, the data report and the scores."""
+    report, opts = data.report, job.opts
+    summary: dict[str, Any] = {
+        "model": str(job.model_dir),
+        "split": job.name,
+        "num_utterances": len(data.dataset),
+        "decoder": job.decoding.decoder,
+        # Wall time of the decoding loop (audio, model, greedy, and beam search with timestamps/plots if
+        # asked), and the beam search's share of it.
+        "decoding_seconds": {
+            "total": round(decoded.total_seconds, 2),
+            "beam_search": round(decoded.beam_seconds, 2),
+        },
+        "skipped": {reason: len(v) for reason, v in report.dropped.items()},
+        "unknown_characters": report.unknown_chars,
+        "data_report": report.summary(),
+    }
+    if data.has_refs:
+        refs = data.dataset.texts
+        g_wer, g_cer = wer_cer(refs, decoded.greedy)
+        summary["greedy"] = {"wer": g_wer, "cer": g_cer}
+        wer, cer = wer_cer(refs, decoded.hyps)
+        if job.decoding.decoder != "greedy":
+            summary[job.decoding.decoder] = {"wer": wer, "cer": cer, **weights}
+        summary.update(wer=wer, cer=cer)
+    if tuned is not None:
+        summary["lm_tuning"] = tuned
+    if opts.plot:
+        summary["plots"] = str(job.out / "plots")
+    return summary
+
+
+def _write_outputs(job: _Job, data: _Data, decoded: _Decoded, summary: dict[str, Any]) -> InferenceResult:
+    """``transcripts.tsv``, the timings (if asked) and ``summary.json`` last, each written atomically."""
+    out, ids = job.out, data.dataset.ids
+    refs = data.dataset.texts if data.has_refs else None
+    tsv_path, json_path = out / "transcripts.tsv", out / "summary.json"
+    atomic_write_text(tsv_path, _transcripts_tsv(ids, refs, decoded.hyps, decoded.greedy))
+    if job.opts.timestamps:
+        _write_timestamps(out, ids, decoded.timings, data.has_refs)
+    atomic_write_text(json_path, json.dumps(summary, indent=2, ensure_ascii=False))
+    transcripts = list(zip(ids, decoded.hyps, strict=True))
+    return InferenceResult(
+        summary.get("wer"), summary.get("cer"), len(data.dataset), tsv_path, json_path, summary, transcripts
+    )
 
 
 def find_run_dir(model_dir: Path) -> Path:
@@ -160,9 +518,10 @@ def _emissions(model, processor, dataset: SpeechDataset, batch_size: int, num_wo
         yield idx, batch, logits.float().log_softmax(-1).cpu(), lengths
 
 
-def _timestamps(log_probs, lengths, labels_per_utt, blank, delimiter, id_to_token, spf):
+def _timestamps(log_probs, lengths, labels_per_utt, vocab: _Vocab):
     """Word timings of each utterance's token sequence (the hypothesis or the reference), by forced
     alignment; None for a sequence with no feasible alignment in its frames."""
+    blank = vocab.blank
     out: list[Any] = [None] * len(labels_per_utt)
     feasible = [i for i, y in enumerate(labels_per_utt) if min_ctc_frames(y) <= int(lengths[i])]
     if not feasible:
@@ -180,171 +539,9 @@ def _timestamps(log_probs, lengths, labels_per_utt, blank, delimiter, id_to_toke
     for row, i in enumerate(feasible):
         n = int(lengths[i])
         spans = token_spans(path[row, :n].tolist(), blank, scores[row, :n].tolist())
-        out[i] = (path[row, :n], timed_words(word_spans(spans, delimiter), id_to_token, spf))
+        words = word_spans(spans, vocab.delimiter)
+        out[i] = (path[row, :n], timed_words(words, vocab.id_to_token, vocab.seconds_per_frame))
     return out
-
-
-def run_inference(
-    model_dir: str | Path,
-    cfg: ExperimentConfig | None = None,
-    split: str = "test",
-    manifest: str | None = None,
-    output_dir: str | Path | None = None,
-    batch_size: int = 16,
-    device: str | None = None,
-    *,
-    audio: list[str] | None = None,
-    decoding: DecodingConfig | None = None,
-    tune_lm: bool = False,
-    tune_utterances: int = 500,
-    timestamps: bool = False,
-    plot: int = 0,
-    num_workers: int = 0,
-) -> InferenceResult:
-    """Decode and score one split (or transcribe ``audio`` files/folders); writes ``transcripts.tsv`` and
-    ``summary.json`` (plus ``words.json``/``*.ctm`` with ``timestamps``, ``plots/`` with ``plot``) into
-    ``output_dir`` (default: ``MODEL_DIR/inference_<split>``).
-
-    Args:
-        model_dir: a fine-tuned model directory, or a ``checkpoint-N`` inside one.
-        cfg: the config naming the data (default: the run's saved ``run_config.yaml``).
-        decoding: decoder and its options (default: ``cfg.decoding``, else greedy).
-        tune_lm: grid-search ``lm_weight``/``word_score`` on the eval split first and save the best to
-            ``lm/tuned.json`` beside the model, where later runs find them.
-        tune_utterances: how many eval utterances (the first ones) ``tune_lm`` decodes per grid point.
-        device: ``cuda`` when available, else ``cpu``, unless given.
-    """
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ValueError(f"--model: not a directory: {model_dir}")
-    run_dir = find_run_dir(model_dir)
-    if cfg is None:
-        cfg = load_run_config(model_dir, None, [])
-    opts = decoding or (cfg.decoding if cfg is not None else DecodingConfig())
-    if tune_lm and tune_utterances < 1:  # checked before the model is loaded
-        raise ValueError(f"tune_utterances: expected at least 1, got {tune_utterances}")
-    if tune_lm and opts.decoder != "lm":
-        opts = replace(opts, decoder="lm")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    data_cfg = cfg.data if cfg is not None else DataConfig()
-    processor = Wav2Vec2Processor.from_pretrained(
-        str(model_dir if (model_dir / "vocab.json").is_file() else run_dir)
-    )
-    model = AutoModelForCTC.from_pretrained(str(model_dir)).to(device).eval()
-    tokenizer = processor.tokenizer
-    blank = tokenizer.pad_token_id
-
-    if audio:
-        index, name = index_audio_files(audio, data_cfg), "audio"
-    else:
-        source = _source(cfg, split, manifest)
-        name = Path(manifest).stem if manifest else split
-        index = load_source_index(source, data_cfg, name)
-    dataset, report = open_split(index, processor, data_cfg, for_training=False)
-    logger.info(report.summary())
-    has_refs = not audio
-
-    tuned = None
-    if tune_lm:
-        tuned = _tune(model, processor, cfg, run_dir, opts, batch_size, num_workers, device, tune_utterances)
-    decoder, weights = None, {}
-    if opts.decoder != "greedy":
-        weights = _lm_weights(run_dir, opts)
-        decoder = _decoder(run_dir, processor, opts, **weights)
-        logger.info("decoder %s: beam %d, %s", opts.decoder, opts.beam_size, weights)
-
-    out = Path(output_dir) if output_dir else model_dir / f"inference_{name}"
-    n = len(dataset)
-    greedy: list[str] = [""] * n
-    hyps: list[str] = [""] * n
-    timings: dict[str, list[Any]] = {"hypothesis": [None] * n, "reference": [None] * n}
-    spf = samples_per_frame(model) / data_cfg.sampling_rate
-    id_to_token = dict(enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))))
-    delimiter = tokenizer.convert_tokens_to_ids(tokenizer.word_delimiter_token)
-    plotted = 0
-    beam_seconds = 0.0
-    start = time.perf_counter()
-    for idx, batch, log_probs, lengths in _emissions(
-        model, processor, dataset, batch_size, num_workers, device
-    ):
-        texts = greedy_decode(log_probs, lengths, tokenizer)
-        for i, text in zip(idx, texts, strict=True):
-            greedy[i] = text
-        if decoder is not None:
-            beam_start = time.perf_counter()
-            for i, text in zip(idx, decoder.decode(log_probs, lengths), strict=True):
-                hyps[i] = text
-            beam_seconds += time.perf_counter() - beam_start
-        else:
-            for i, text in zip(idx, texts, strict=True):
-                hyps[i] = text
-        if timestamps or plotted < plot:
-            hyp_ids = [tokenizer(hyps[i]).input_ids if hyps[i] else [] for i in idx]
-            aligned = _timestamps(log_probs, lengths, hyp_ids, blank, delimiter, id_to_token, spf)
-            refs = None
-            if has_refs:
-                # The batch already holds the references' labels (-100 padded): no second audio decode.
-                refs = _timestamps(
-                    log_probs,
-                    lengths,
-                    [row[row != IGNORE_INDEX].tolist() for row in batch["labels"]],
-                    blank,
-                    delimiter,
-                    id_to_token,
-                    spf,
-                )
-            for row, i in enumerate(idx):
-                timings["hypothesis"][i] = aligned[row][1] if aligned[row] else None
-                if refs is not None:
-                    timings["reference"][i] = refs[row][1] if refs[row] else None
-                if plotted < plot and aligned[row] is not None:
-                    _plot(
-                        batch,
-                        row,
-                        log_probs[row],
-                        lengths[row],
-                        aligned[row],
-                        dataset.ids[i],
-                        id_to_token,
-                        spf,
-                        data_cfg.sampling_rate,
-                        out,
-                        blank,
-                    )
-                    plotted += 1
-    total_seconds = time.perf_counter() - start
-
-    ids, refs_text = dataset.ids, dataset.texts
-    summary: dict[str, Any] = {
-        "model": str(model_dir),
-        "split": name,
-        "num_utterances": n,
-        "decoder": opts.decoder,
-        # Wall time of the decoding loop (audio, model, greedy, and beam search with timestamps/plots if
-        # asked), and the beam search's share of it.
-        "decoding_seconds": {"total": round(total_seconds, 2), "beam_search": round(beam_seconds, 2)},
-        "skipped": {reason: len(v) for reason, v in report.dropped.items()},
-        "unknown_characters": report.unknown_chars,
-        "data_report": report.summary(),
-    }
-    wer = cer = None
-    if has_refs:
-        g_wer, g_cer = wer_cer(refs_text, greedy)
-        summary["greedy"] = {"wer": g_wer, "cer": g_cer}
-        wer, cer = wer_cer(refs_text, hyps)
-        if decoder is not None:
-            summary[opts.decoder] = {"wer": wer, "cer": cer, **weights}
-        summary.update(wer=wer, cer=cer)
-    if tuned is not None:
-        summary["lm_tuning"] = tuned
-    if plot:
-        summary["plots"] = str(out / "plots")
-    tsv_path, json_path = out / "transcripts.tsv", out / "summary.json"
-    atomic_write_text(tsv_path, _transcripts_tsv(ids, refs_text if has_refs else None, hyps, greedy))
-    if timestamps:
-        _write_timestamps(out, ids, timings, has_refs)
-    atomic_write_text(json_path, json.dumps(summary, indent=2, ensure_ascii=False))
-    return InferenceResult(wer, cer, n, tsv_path, json_path, summary)
 
 
 def _transcripts_tsv(ids: list[str], refs: list[str] | None, hyps: list[str], greedy: list[str]) -> str:
@@ -390,66 +587,24 @@ def _write_timestamps(out: Path, ids: list[str], timings: dict[str, list[Any]], 
         atomic_write_text(out / f"{kind}.ctm", lines)
 
 
-def _plot(batch, row, log_probs, n_frames, aligned, uid, id_to_token, spf, sr, out, blank) -> None:
+def _plot(dataset: SpeechDataset, i: int, log_probs, n_frames, aligned, vocab: _Vocab, job: _Job) -> None:
+    """The alignment plot of utterance ``i``, over its audio as read (amplitude), not the model's
+    normalised input."""
     from .plots import plot_alignment
 
     n = int(n_frames)
-    samples = int(batch["attention_mask"][row].sum())
-    names = [id_to_token[i] for i in range(len(id_to_token))]
+    uid = dataset.ids[i]
+    names = [vocab.id_to_token[i] for i in range(len(vocab.id_to_token))]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in uid)
     plot_alignment(
-        out / "plots" / f"{safe}.png",
-        batch["input_values"][row, :samples].numpy(),
-        sr,
+        job.out / "plots" / f"{safe}.png",
+        dataset.load(dataset.table[i]),
+        job.data_cfg.sampling_rate,
         log_probs[:n],
         aligned[0].tolist(),
         aligned[1],
         names,
-        spf,
+        vocab.seconds_per_frame,
         title=uid,
-        blank=blank,
+        blank=vocab.blank,
     )
-
-
-def _tune(model, processor, cfg, run_dir, opts, batch_size, num_workers, device, max_utterances):
-    """Grid-search (lm_weight, word_score) on the eval split; save the best to ``lm/tuned.json``."""
-    if cfg is None or cfg.data.eval is None:
-        raise ValueError("--tune-lm: needs an eval split (data.eval) in the config")
-    source = replace(cfg.data.eval, streaming=False)
-    index = load_source_index(source, cfg.data, "eval")
-    dataset, _ = open_split(index, processor, cfg.data, for_training=False)
-    if len(dataset) > max_utterances:  # the first N: enough to rank a small grid
-        dataset = SpeechDataset(
-            dataset.table.select(range(max_utterances)),
-            dataset.sampling_rate,
-            dataset.hub_table,
-            dataset.audio_column,
-        )
-    batches, lengths, refs = [], [], []
-    for idx, _, log_probs, n in _emissions(model, processor, dataset, batch_size, num_workers, device):
-        batches.append(log_probs)
-        lengths.append(n)
-        refs.extend(dataset.texts[i] for i in idx)
-    decoder = _decoder(run_dir, processor, opts)  # the trie and the LM are built once, then reweighted
-
-    def decode(lm_weight, word_score, log_probs, n):
-        decoder.set_weights(lm_weight, word_score)
-        return decoder.decode(log_probs, n)
-
-    start = time.perf_counter()
-    lm_weight, word_score, table = tune_lm_weights(
-        decode, batches, lengths, refs, TUNE_LM_WEIGHTS, TUNE_WORD_SCORES
-    )
-    best = {
-        "lm_weight": lm_weight,
-        "word_score": word_score,
-        "dev_utterances": len(dataset),
-        "beam_size": opts.beam_size,
-        "seconds": round(time.perf_counter() - start, 1),
-        "grid": table,
-    }
-    atomic_write_text(run_dir / LM_DIR / TUNED_LM, json.dumps(best, indent=1))
-    logger.info(
-        "tuned on %d dev utterances: lm_weight %s, word_score %s", len(dataset), lm_weight, word_score
-    )
-    return best

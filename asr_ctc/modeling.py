@@ -30,6 +30,7 @@ from transformers.utils import cached_file
 
 from .config import ModelConfig
 from .front_end import use_time_major_front_end
+from .hub import hub_offline_reason, use_offline_mode_if_unreachable
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,13 @@ class CheckpointError(ValueError):
 
 
 def _unreachable(src: str, exc: Exception) -> CheckpointError:
+    offline = None if Path(src).exists() else hub_offline_reason()
+    if offline is not None:  # one cause, said once (the libraries' message adds nothing to it)
+        return CheckpointError(
+            f"model.name_or_path: cannot load {src!r}: not a local directory, and the HuggingFace hub cannot "
+            f"be used ({offline}) and has no copy of it in the local cache; run once with network access, "
+            "or give a local checkpoint directory"
+        )
     where = "a local directory" if Path(src).exists() else "not a local directory, nor a reachable hub model"
     return CheckpointError(f"model.name_or_path: cannot load {src!r} ({where}): {exc}".replace("\n", " "))
 
@@ -54,6 +62,8 @@ def load_checkpoint_config(src: str) -> PretrainedConfig:
     subclasses (``LocalEntryNotFoundError``, ``RepositoryNotFoundError``, ...); a dropped connection can also
     surface as a ``ConnectionError`` or an httpx transport error, which is why the net is wide.
     """
+    if not Path(src).exists():
+        use_offline_mode_if_unreachable()  # fail (or load from the cache) at once, not after ~30 s of retries
     try:
         return AutoConfig.from_pretrained(src)
     except (OSError, ValueError, ConnectionError) as exc:

@@ -61,7 +61,8 @@ def plot_alignment(
 
     Args:
         path: the PNG to write (atomically).
-        waveform: (N,) float tensor or array, the audio at ``sampling_rate``.
+        waveform: (N,) float tensor or array, the audio's samples at ``sampling_rate`` as read (its
+            amplitude in [-1, 1], not the model's normalised input).
         sampling_rate: samples per second of ``waveform``.
         log_probs: (T, C) float tensor or array, the utterance's per-frame log-probabilities.
         frame_labels: (T,) int tensor, array or list, the aligned class per frame (e.g. from
@@ -110,7 +111,7 @@ def plot_alignment(
         gridspec_kw={"height_ratios": [1.2, max(2.0, n_classes / 10), 1.0]},
     )
     ax_wave.plot(np.arange(wave.size) / sampling_rate, wave, color="tab:gray", linewidth=0.5)
-    ax_wave.set_ylabel("waveform")
+    ax_wave.set_ylabel("amplitude")
     for i, w in enumerate(words):
         ax_wave.axvspan(w.start, w.end, color="tab:blue" if i % 2 == 0 else "tab:orange", alpha=0.15)
         ax_wave.text((w.start + w.end) / 2, 1.02, w.word, transform=ax_wave.get_xaxis_transform(),

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
+from asr_ctc.autograd_guard import first_order_only
 from asr_ctc.ctc_states import interleave_blanks, states_to_classes
 
 __all__ = [
@@ -327,15 +328,20 @@ class _CTCLossFunction(torch.autograd.Function):
         keep = (frame_valid & valid.unsqueeze(1)).unsqueeze(2)
         # where, not multiply: filler frames must contribute exactly 0 whatever their values.
         grad = torch.where(keep, grad, torch.zeros_like(grad))
-        ctx.save_for_backward(grad)
+        # logits is kept only to tie the gradient to it when a second derivative is asked for.
+        ctx.save_for_backward(grad, logits)
         return loss
 
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
     ) -> tuple[None, None, torch.Tensor, None, None]:
-        (grad,) = ctx.saved_tensors
-        return None, None, grad * grad_output.to(grad.dtype).view(-1, 1, 1), None, None
+        # Exact to first order only: a double backward raises (asr_ctc.autograd_guard) instead of silently
+        # treating the saved gradient as a constant.
+        grad, logits = ctx.saved_tensors
+        grad = grad * grad_output.to(grad.dtype).view(-1, 1, 1)
+        grad = first_order_only(grad, logits, "asr_ctc.seq_loss_util.ctc_loss", "logits")
+        return None, None, grad, None, None
 
 
 def ctc_loss(

@@ -487,3 +487,59 @@ def test_bad_unbatched_and_module_arguments():
     with pytest.raises(ValueError, match="reduction"):
         CTCLoss(reduction="avg")
     ctc_loss(**good_args())  # and the good arguments pass
+
+
+@pytest.mark.parametrize("n_classes", [4, 12])  # C <= S (posteriors per class) and C > S (per state)
+def test_second_derivatives_raise_a_clear_error_not_a_wrong_value(n_classes):
+    """A Hessian-vector product through log_softmax and ctc_loss: the backward is exact to first order
+    only, so the double backward raises instead of silently dropping the CTC curvature (pytorch#70108).
+    The first-order gradient taken with create_graph=True stays exact, checked against a plain-autograd
+    recursion (tests/helpers.py) whose own Hessian-vector product differs from the log_softmax-only part
+    that a silent double backward would return."""
+    from helpers import plain_ctc_nll
+
+    from asr_ctc.autograd_guard import SecondDerivativeError
+
+    gen = torch.Generator().manual_seed(3)
+    frames, batch = 6, 2
+    logits = torch.randn(frames, batch, n_classes, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([[1, 2, 2], [3, 1, 0]])
+    input_lengths, target_lengths = torch.tensor([6, 5]), torch.tensor([3, 2])
+    v = torch.randn(frames, batch, n_classes, generator=gen, dtype=torch.float64)
+
+    def reference(x):
+        lp = x.log_softmax(-1)
+        return sum(
+            plain_ctc_nll(lp[: int(input_lengths[b]), b], targets[b, : int(target_lengths[b])].tolist())
+            for b in range(batch)
+        )
+
+    loss = ctc_loss(logits.log_softmax(-1), targets, input_lengths, target_lengths, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, logits, create_graph=True)
+    (ref_grad,) = torch.autograd.grad(reference(logits), logits, create_graph=True)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-10)
+    with pytest.raises(SecondDerivativeError, match=r"asr_ctc\.ctc_loss: second derivatives .* log_probs"):
+        torch.autograd.grad((grad * v).sum(), logits)
+
+    # The reference's Hessian-vector product is right (central differences of its gradient) ...
+    (ref_hvp,) = torch.autograd.grad((ref_grad * v).sum(), logits)
+    eps = 1e-6
+    plus = torch.autograd.grad(reference(logits + eps * v), logits)[0]
+    minus = torch.autograd.grad(reference(logits - eps * v), logits)[0]
+    torch.testing.assert_close(ref_hvp, (plus - minus) / (2 * eps), rtol=1e-5, atol=1e-6)
+    # ... and far from what a silent double backward returns: log_softmax's part alone, the CTC gradient
+    # with respect to log_probs held constant.
+    lp = logits.log_softmax(-1)
+    (held,) = torch.autograd.grad(ctc_loss(lp, targets, input_lengths, target_lengths, reduction="sum"), lp)
+    (silent_grad,) = torch.autograd.grad((lp * held.detach()).sum(), logits, create_graph=True)
+    (silent_hvp,) = torch.autograd.grad((silent_grad * v).sum(), logits)
+    assert (silent_hvp - ref_hvp).norm() > 0.2 * ref_hvp.norm()
+
+
+def test_first_order_gradients_keep_working_under_create_graph():
+    """create_graph=True for a first-order gradient alone (no double backward) is not an error."""
+    x = torch.randn(5, 1, 4, dtype=torch.float64, requires_grad=True)
+    loss = ctc_loss(x.log_softmax(-1), torch.tensor([[1, 2]]), [5], [2])
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+    (plain,) = torch.autograd.grad(ctc_loss(x.log_softmax(-1), torch.tensor([[1, 2]]), [5], [2]), x)
+    torch.testing.assert_close(grad.detach(), plain)

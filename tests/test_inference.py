@@ -155,3 +155,160 @@ def test_decoding_config_rejects_unknown_decoders():
         DecodingConfig(decoder="viterbi")
     raw = yaml.safe_load("decoding: {decoder: lm, beam_size: 50}")
     assert DecodingConfig(**raw["decoding"]).beam_size == 50
+
+
+def _frames(tokenizer, tokens: list[str], confidence: float = 0.9):
+    """(1, T, C) log-probs whose best class at frame t is tokens[t] (``confidence``), the rest shared."""
+    import torch
+
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(tokens))
+    probs = torch.full((len(tokens), len(tokenizer)), (1 - confidence) / (len(tokenizer) - 1))
+    probs[torch.arange(len(tokens)), ids] = confidence
+    return probs.log()[None]
+
+
+# "a | <blank> | s" and delimiters at both ends: a tokenizer alone makes "a  s" with a space at each end.
+DOUBLE_DELIMITER = ["|", "a", "|", "<pad>", "|", "s", "|"]
+
+
+def test_greedy_transcripts_have_single_spaces(tiny_processor):
+    from asr_ctc.decode import greedy_decode, wer_cer
+
+    tokenizer = tiny_processor.tokenizer
+    raw = tokenizer.decode(tokenizer.convert_tokens_to_ids(["a", "|", "|", "s"]), group_tokens=False)
+    assert raw != "a s"  # what the tidying step is there for
+    hyps = greedy_decode(_frames(tokenizer, DOUBLE_DELIMITER), None, tokenizer)
+    assert hyps == ["a s"] and wer_cer(["a s"], hyps) == (0.0, 0.0)
+
+
+def test_beam_transcripts_have_single_spaces(tiny_processor, tmp_path):
+    pytest.importorskip("flashlight.lib.text")
+    import torch
+
+    from asr_ctc.decode import BeamSearchDecoder
+    from asr_ctc.lm import write_lexicon
+
+    tokenizer = tiny_processor.tokenizer
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    lexicon = write_lexicon(["a", "s"], tmp_path / "lexicon.txt")
+    decoder = BeamSearchDecoder(tokens, tokenizer.pad_token_id, "|", lexicon, beam_size=10)
+    log_probs = _frames(tokenizer, DOUBLE_DELIMITER)
+    assert decoder.decode(log_probs, torch.tensor([log_probs.shape[1]])) == ["a s"]
+
+
+def test_inference_writes_single_spaced_transcripts(trained, tmp_path, tiny_processor):
+    """Every transcript the job writes is tidy; and its decoding step tidies a double delimiter."""
+    import torch
+
+    from asr_ctc.inference import _decode_batch, _Decoded
+
+    run_inference(trained, split="test", output_dir=tmp_path)
+    for row in (tmp_path / "transcripts.tsv").read_text().splitlines()[1:]:
+        uid, ref, hyp, _, _, greedy = row.split("\t")
+        assert hyp == " ".join(hyp.split()) and greedy == " ".join(greedy.split())
+    decoded = _Decoded([""], [""], {}, 0.0, 0.0)
+    log_probs = _frames(tiny_processor.tokenizer, DOUBLE_DELIMITER)
+    _decode_batch(decoded, [0], log_probs, torch.tensor([log_probs.shape[1]]), tiny_processor.tokenizer, None)
+    assert decoded.greedy == decoded.hyps == ["a s"]
+
+
+def test_model_option_on_a_directory_that_is_not_a_model(tmp_path, capsys):
+    assert inference_main(["--model", str(tmp_path), "--split", "test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --model {tmp_path}: not a model directory (no config.json)"
+
+
+def test_audio_transcripts_are_printed(trained, tiny_corpus, tmp_path, capsys):
+    wavs = sorted((tiny_corpus / "wavs").glob("test-*.wav"))[:2]
+    args = ["--model", str(trained), "--audio", *map(str, wavs), "--output-dir", str(tmp_path)]
+    assert inference_main(args) == 0
+    printed = [line.strip().split("\t") for line in capsys.readouterr().out.splitlines() if "\t" in line]
+    rows = [r.split("\t") for r in (tmp_path / "transcripts.tsv").read_text().splitlines()[1:]]
+    assert [p[0] for p in printed] == [w.stem for w in wavs]
+    assert [p + [""] * (2 - len(p)) for p in printed] == [r + [""] * (2 - len(r)) for r in rows]
+
+
+def test_plots_are_of_the_first_utterances_given_over_their_audio(trained, tmp_path, monkeypatch):
+    """--plot 2: the first two utterances of the split (not of the longest-first batches), each drawn
+    over its audio as read (amplitude within [-1, 1]), not the normalised model input."""
+    import numpy as np
+
+    import asr_ctc.plots as plots
+    from asr_ctc.data.audio import load_audio
+
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_alignment", lambda path, wave, *a, **k: drawn.update({path.stem: wave}))
+    run_inference(trained, split="test", output_dir=tmp_path, plot=2, batch_size=2)
+    order = [r.split("\t")[0] for r in (tmp_path / "transcripts.tsv").read_text().splitlines()[1:]]
+    assert sorted(drawn) == sorted(order[:2])
+    from asr_ctc.data.manifest import read_manifest
+
+    cfg = yaml.safe_load((trained / "run_config.yaml").read_text())
+    audio = {row["id"]: row["audio"] for row in read_manifest(cfg["data"]["test"]["manifest"])}
+    import soundfile as sf
+
+    longest_first = length_sorted_batches([sf.info(audio[uid]).frames for uid in order], 2)[0]
+    assert {order[i] for i in longest_first} != set(order[:2])  # so the old choice would differ
+    for uid, wave in drawn.items():
+        expected = load_audio(audio[uid], 16000)
+        np.testing.assert_array_equal(wave, expected)
+        assert np.abs(wave).max() <= 1.0
+
+
+def test_split_from_another_working_directory(tiny_corpus, tmp_path, monkeypatch, capsys):
+    """Fine-tuning stores the manifests' resolved paths, so `inference --split test` works from any
+    working directory; a run_config.yaml with a relative path that does not resolve (a run saved before,
+    or moved) fails before any work, naming the key and the rule."""
+    import shutil
+
+    from asr_ctc.config import config_from_dict
+
+    monkeypatch.chdir(tiny_corpus.parent)
+    raw = tiny_run_config(tiny_corpus, tmp_path / "run", max_steps=2, eval_strategy="no", save_steps=100)
+    for split, name in (("train", "train"), ("eval", "dev"), ("test", "test")):
+        raw["data"][split]["manifest"] = f"{tiny_corpus.name}/{name}.tsv"  # relative to the cwd
+    run_finetune(config_from_dict(raw))
+    saved = yaml.safe_load((tmp_path / "run" / "run_config.yaml").read_text())
+    assert saved["data"]["test"]["manifest"] == str(tiny_corpus / "test.tsv")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert inference_main(["--model", str(tmp_path / "run"), "--output-dir", str(tmp_path / "out")]) == 0, (
+        capsys.readouterr().err
+    )
+
+    # An old run whose saved path is relative: one error before the model is loaded.
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "run", old)
+    saved["data"]["test"]["manifest"] = f"{tiny_corpus.name}/test.tsv"
+    (old / "run_config.yaml").write_text(yaml.safe_dump(saved))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data paths were checked")
+
+    monkeypatch.setattr("asr_ctc.inference.AutoModelForCTC.from_pretrained", no_loading)
+    capsys.readouterr()
+    assert inference_main(["--model", str(old), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: data.test.manifest: file not found: {tiny_corpus.name}/test.tsv")
+    assert f"relative to the working directory, here {elsewhere}" in err and "--config or --manifest" in err
+
+
+def test_jobs_show_their_own_progress_bars_only(trained, tiny_corpus, tmp_path, capsys):
+    """datasets' (indexing, saving, encoding) and transformers' (loading weights) bars are off in the
+    jobs; the job's own long step (decoding) keeps its bar."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    wavs = sorted((tiny_corpus / "wavs").glob("dev-*.wav"))[:2]  # never indexed before: datasets would map
+    try:
+        args = ["--model", str(trained), "--audio", *map(str, wavs), "--output-dir", str(tmp_path)]
+        assert inference_main(args) == 0
+    finally:
+        datasets.enable_progress_bars()
+        transformers_logging.enable_progress_bar()
+    err = capsys.readouterr().err
+    assert "decoding" in err
+    for library_bar in ("indexing audio files", "Loading weights", "Saving the dataset", "Map"):
+        assert library_bar not in err, err

@@ -162,3 +162,68 @@ def test_the_cli_shows_this_projects_info_messages():
         assert logging.getLogger("asr_ctc.finetune").isEnabledFor(logging.INFO)
     finally:
         logger.setLevel(before)
+
+
+def _offline(monkeypatch, endpoint=None):
+    """The hub as this process sees it: offline (HF_HUB_OFFLINE) or, with ``endpoint``, not offline but at
+    an address nothing answers on; the cached probe is forgotten before and after."""
+    import datasets
+    from huggingface_hub import constants
+
+    from asr_ctc.hub import hub_offline_reason
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", endpoint is None)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", endpoint is None)
+    if endpoint is not None:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(var, raising=False)
+    hub_offline_reason.cache_clear()
+
+
+@pytest.mark.parametrize("endpoint", [None, "http://127.0.0.1:9"])
+def test_an_unreachable_hub_fails_at_once_with_one_error(
+    tiny_corpus, tmp_path, monkeypatch, capsys, endpoint
+):
+    """A hub model offline: one error line naming the reason, in well under the ~30 s of retries (and
+    none of their warnings)."""
+    import time
+
+    from asr_ctc.cli import finetune_main
+    from asr_ctc.hub import hub_offline_reason
+
+    _offline(monkeypatch, endpoint)
+    config = tmp_path / "config.yaml"
+    raw = tiny_run_config(tiny_corpus, tmp_path / "run")
+    raw["model"]["name_or_path"] = "asr-ctc-tests/no-such-model"
+    config.write_text(yaml.safe_dump(raw))
+    start = time.perf_counter()
+    try:
+        assert finetune_main(["--config", str(config)]) == 2
+    finally:
+        hub_offline_reason.cache_clear()
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert seconds < 10 and "Retrying" not in err, (seconds, err)
+    [line] = [x for x in err.splitlines() if x.strip()]
+    reason = "HF_HUB_OFFLINE is set" if endpoint is None else f"{endpoint} cannot be reached"
+    assert line.startswith("error: model.name_or_path: cannot load 'asr-ctc-tests/no-such-model'")
+    assert reason in line and "no copy of it in the local cache" in line
+
+
+def test_a_rerun_reports_the_configs_own_error_before_the_output_dir(tiny_corpus, tmp_path, monkeypatch):
+    """An output directory holding a failed run (a different config, no checkpoint) and a config whose
+    model cannot be loaded: the config's error comes first."""
+    from asr_ctc.hub import hub_offline_reason
+    from asr_ctc.modeling import CheckpointError
+
+    _offline(monkeypatch)
+    _fake_run(_cfg(tiny_corpus, tmp_path / "run", learning_rate=1e-3), checkpoint_step=10)
+    cfg = _cfg(tiny_corpus, tmp_path / "run", model={"name_or_path": "asr-ctc-tests/no-such-model"})
+    try:
+        with pytest.raises(CheckpointError, match="model.name_or_path: cannot load"):
+            run_finetune(cfg)
+    finally:
+        hub_offline_reason.cache_clear()
+    with pytest.raises(OutputDirError, match="already holds a run"):  # the directory's rule still holds
+        check_output_dir(cfg, resume=False, overwrite=False)

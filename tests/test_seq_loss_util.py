@@ -413,3 +413,45 @@ def test_calculate_alpha_beta_rejects_bad_input() -> None:
         calculate_alpha_beta(table, log_prob, good[2], torch.tensor([5]))
     with pytest.raises(ValueError, match="log_label_prob must have rank 3"):
         calculate_alpha_beta(table, log_prob[0], *good[2:])
+
+
+def test_second_derivatives_raise_and_the_plain_ops_route_is_exact():
+    """The port's backward is first-order only: a Hessian-vector product raises a clear error. The route
+    its message names (calculate_alpha_beta with exact=True on plain ops) gives the true Hessian-vector
+    product, equal to the independent plain recursion of tests/helpers.py."""
+    from helpers import plain_ctc_nll
+
+    from asr_ctc.autograd_guard import SecondDerivativeError
+
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 8, 4, generator=gen, dtype=torch.float64, requires_grad=True)  # (B, T, C)
+    targets, target_lengths = torch.tensor([[1, 2, 2], [3, 1, 0]]), torch.tensor([3, 2])
+    frames = torch.tensor([8, 6])  # at least the 2L + 1 states: the port's validity rule
+    v = torch.randn(logits.shape, generator=gen, dtype=torch.float64)
+    aug = to_blank_augmented_labels({"SEQ_DATA": targets - 1, "SEQ_LEN": target_lengths})  # ids 1.. keep
+    labels, labels_len = aug["SEQ_DATA"], aug["SEQ_LEN"]
+
+    loss = ctc_loss(labels, labels_len, logits, frames, exact=True).sum()
+    (grad,) = torch.autograd.grad(loss, logits, create_graph=True)
+    with pytest.raises(SecondDerivativeError, match=r"seq_loss_util\.ctc_loss: second derivatives .* logits"):
+        torch.autograd.grad((grad * v).sum(), logits)
+
+    def reference(x):
+        lp = x.log_softmax(-1)
+        return sum(
+            plain_ctc_nll(lp[b, : int(frames[b])], targets[b, : int(target_lengths[b])].tolist())
+            for b in range(2)
+        )
+
+    def plain_ops_route(x):
+        table = label_trans_table(labels, labels_len, dtype=x.dtype)
+        log_label_prob = calculate_log_label_prob(labels, x.softmax(-1))
+        _, _, log_p = calculate_alpha_beta(table, log_label_prob, labels_len, frames, exact=True)
+        return -log_p.sum()
+
+    hvps = []
+    for fn in (reference, plain_ops_route):
+        (g,) = torch.autograd.grad(fn(logits), logits, create_graph=True)
+        torch.testing.assert_close(g, grad, rtol=1e-8, atol=1e-10)
+        hvps.append(torch.autograd.grad((g * v).sum(), logits)[0])
+    torch.testing.assert_close(hvps[1], hvps[0], rtol=1e-8, atol=1e-10)

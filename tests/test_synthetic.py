@@ -163,3 +163,38 @@ def test_corpus_command_counts_become_exact_split_sizes():
     assert sizes == {"train": 12750, "dev": 500, "test": 1000}
     with pytest.raises(SystemExit):
         make_corpus_main(["--num-utterances", "100", "--num-dev", "50", "--num-test", "50"])
+
+
+@pytest.mark.parametrize("num_utterances", [3, 10, 60, 14250])
+def test_corpus_command_defaults_fit_any_size(num_utterances, monkeypatch, tmp_path):
+    """make-corpus --num-utterances N alone: the default dev/test sizes scale with N (the demo's 500 and
+    1,000 of 14,250), at least one utterance per split, and the plan gives back those counts."""
+    import asr_ctc.corpus.synthetic as synthetic
+    from asr_ctc.cli import make_corpus_main
+
+    seen = {}
+
+    def fake(out_dir, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)  # stop before synthesising anything
+
+    monkeypatch.setattr(synthetic, "make_synthetic_corpus", fake)
+    with pytest.raises(SystemExit) as stop:
+        make_corpus_main(["--num-utterances", str(num_utterances), "--out-dir", str(tmp_path)])
+    assert stop.value.code == 0 and seen["num_utterances"] == num_utterances
+    plan = plan_corpus(num_utterances, 0, seen["dev_fraction"], seen["test_fraction"])
+    sizes = {split: sum(u.split == split for u in plan.utterances) for split in ("train", "dev", "test")}
+    assert sum(sizes.values()) == num_utterances and min(sizes.values()) >= 1, sizes
+    if num_utterances == 14250:
+        assert sizes == {"train": 12750, "dev": 500, "test": 1000}
+
+
+def test_corpus_command_rejects_sizes_that_leave_no_training(capsys):
+    from asr_ctc.cli import make_corpus_main
+
+    with pytest.raises(SystemExit):
+        make_corpus_main(["--num-utterances", "2"])
+    assert "--num-utterances: expected at least 3 (one utterance per split), got 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        make_corpus_main(["--num-utterances", "60", "--num-dev", "59"])
+    assert "got 59 and 4" in capsys.readouterr().err

@@ -106,6 +106,35 @@ def _choose_test_variants(rng: random.Random, groups: dict[str, list[str]], coun
     return sorted(chosen)
 
 
+# make-corpus's split sizes when none are given: the demo's 500 dev and 1,000 test utterances of 14,250, as
+# shares of --num-utterances, so that the defaults fit any corpus size.
+DEFAULT_DEV_SHARE, DEFAULT_TEST_SHARE = 500 / 14250, 1000 / 14250
+
+
+def split_sizes(
+    num_utterances: int, num_dev: int | None = None, num_test: int | None = None
+) -> tuple[int, int]:
+    """The dev and test utterance counts for ``num_utterances``: given counts as they are, a missing one
+    its default share (:data:`DEFAULT_DEV_SHARE`, :data:`DEFAULT_TEST_SHARE`) rounded, at least 1.
+
+    Raises:
+        ValueError: a negative count, or counts that leave no training utterance (the message names the
+            command's options, ``--num-utterances``, ``--num-dev``, ``--num-test``).
+    """
+    dev = num_dev if num_dev is not None else max(1, round(num_utterances * DEFAULT_DEV_SHARE))
+    test = num_test if num_test is not None else max(1, round(num_utterances * DEFAULT_TEST_SHARE))
+    if num_utterances < 3 and (num_dev is None or num_test is None):
+        raise ValueError(
+            f"--num-utterances: expected at least 3 (one utterance per split), got {num_utterances}"
+        )
+    if dev < 0 or test < 0 or dev + test >= num_utterances:
+        raise ValueError(
+            f"--num-dev, --num-test: expected counts >= 0 that leave training utterances out of "
+            f"--num-utterances {num_utterances}, got {dev} and {test}"
+        )
+    return dev, test
+
+
 def plan_corpus(
     num_utterances: int,
     seed: int = 0,
