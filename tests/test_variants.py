@@ -386,3 +386,55 @@ def test_readme_writing_your_own_variant_runs():
     shifted = lp.clone()
     shifted[..., 0] -= 0.5
     torch.testing.assert_close(on, ctc_loss(shifted, targets, frames, lengths, reduction="none"))
+
+
+# -- the benchmark's corrupted-transcript corpus -------------------------------------------------------------
+
+
+def _bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_variants", REPO / "benchmarks" / "bench_variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_drop_words_removes_a_run_at_the_ends_or_anywhere():
+    import random
+
+    bench = _bench()
+    rng = random.Random(0)
+    text = "a b c d e f"
+    words = text.split()
+    seen_inside = False
+    for _ in range(200):
+        ends = bench.drop_words(text, "ends", rng).split()
+        assert 4 <= len(ends) <= 5 and (ends == words[: len(ends)] or ends == words[-len(ends) :])
+        kept = bench.drop_words(text, "anywhere", rng).split()
+        n = len(words) - len(kept)
+        assert 1 <= n <= 2
+        assert any(words[:i] + words[i + n :] == kept for i in range(len(words) - n + 1))
+        seen_inside |= kept != words[: len(kept)] and kept != words[-len(kept) :]
+    assert seen_inside
+    assert bench.drop_words("one", "anywhere", rng) == "one"
+    with pytest.raises(ValueError, match="where: expected one of ends, anywhere"):
+        bench.drop_words(text, "middle", rng)
+
+
+def test_corrupt_corpus_changes_only_the_chosen_share_of_train(tmp_path):
+    bench = _bench()
+    src = tmp_path / "src"
+    src.mkdir()
+    for split, n in (("train", 20), ("dev", 3), ("test", 3)):
+        rows = "".join(f"{split}{i}\twavs/{split}{i}.wav\tw{i} x y z\tv1\n" for i in range(n))
+        (src / f"{split}.tsv").write_text("id\taudio\ttext\tvoice\n" + rows)
+    summary = bench.corrupt_corpus(src, tmp_path / "out", "ends", fraction=0.3)
+    assert summary["corrupted"] == 6 and summary["words_before"] == 80 and summary["words_after"] < 80
+    old = [line.split("\t") for line in (src / "train.tsv").read_text().splitlines()]
+    new = [line.split("\t") for line in (tmp_path / "out" / "train.tsv").read_text().splitlines()]
+    assert new[0] == old[0] and sum(a[2] != b[2] for a, b in zip(old, new, strict=True)) == 6
+    # The audio stays the original's (paths relative to the new manifest), the other columns unchanged.
+    for a, b in zip(old[1:], new[1:], strict=True):
+        assert b[1] == "../src/" + a[1] and (a[0], a[3]) == (b[0], b[3])
+    assert (tmp_path / "out" / "dev.tsv").read_text().replace("../src/", "") == (src / "dev.tsv").read_text()
