@@ -438,3 +438,51 @@ def test_corrupt_corpus_changes_only_the_chosen_share_of_train(tmp_path):
     for a, b in zip(old[1:], new[1:], strict=True):
         assert b[1] == "../src/" + a[1] and (a[0], a[3]) == (b[0], b[3])
     assert (tmp_path / "out" / "dev.tsv").read_text().replace("../src/", "") == (src / "dev.tsv").read_text()
+
+
+# -- a second reference on cases too long to enumerate: autograd through the plain log-space recursion ------
+
+
+def _autograd_lattice(lp, targets, frames, lengths, wildcard, star, entropy):
+    """-log Z - entropy * H by the textbook recursion over the same lattice, differentiated by autograd."""
+    from asr_ctc.variants.lattice import OFFSETS, _emissions, build_lattice
+
+    lattice = build_lattice(targets, lengths, 0, lp.shape[-1], wildcard > 0, star > 0)
+    em = _emissions(lp, lattice, 0, wildcard, star)
+
+    def shift(x, d, fill):
+        pad = x.new_full((x.shape[0], abs(d)), fill)
+        return x if d == 0 else torch.cat((pad, x[:, :-d]), 1) if d > 0 else torch.cat((x[:, -d:], pad), 1)
+
+    log_w = torch.zeros(lattice.allowed.shape, dtype=lp.dtype).masked_fill(~lattice.allowed, -1e30)
+    alpha = em[0] + torch.zeros_like(em[0]).masked_fill(~lattice.start, -1e30)
+    r = em[0]
+    for t in range(1, lp.shape[0]):
+        cand = torch.stack([shift(alpha, d, -1e30) for d in OFFSETS], -1) + log_w
+        new = torch.logsumexp(cand, -1) + em[t]
+        prev_r = torch.stack([shift(r, d, 0.0) for d in OFFSETS], -1)
+        new_r = (torch.softmax(cand, -1) * prev_r).sum(-1) + em[t]
+        new_r = torch.where(new > -1e29, new_r, torch.zeros_like(new_r))
+        running = (t < frames).unsqueeze(1)
+        alpha, r = torch.where(running, new, alpha), torch.where(running, new_r, r)
+    ends = alpha.masked_fill(~lattice.final, -1e30)
+    log_z = torch.logsumexp(ends, -1)
+    h = log_z - (torch.softmax(ends, -1) * r).sum(-1)
+    return -log_z - entropy * h
+
+
+@pytest.mark.parametrize("setting", ["plain", "wctc_half", "star", "maxent", "all"])
+def test_hand_written_gradient_matches_autograd_on_longer_cases(setting):
+    wildcard, star, entropy = SETTINGS[setting]
+    lp, targets, frames, lengths = _random_case(torch.float64, seed=8)
+    frames[1] = 20
+    got = lattice_ctc_loss(
+        lp, targets, frames, lengths, reduction="none",
+        wildcard_weight=wildcard, star_weight=star, entropy_weight=entropy,
+    )  # fmt: skip
+    want = _autograd_lattice(lp, targets, frames, lengths, wildcard, star, entropy)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    weights = torch.tensor([1.0, 0.5, -2.0, 3.0], dtype=torch.float64)
+    (g1,) = torch.autograd.grad((got * weights).sum(), lp)
+    (g2,) = torch.autograd.grad((want * weights).sum(), lp)
+    torch.testing.assert_close(g1, g2, rtol=1e-8, atol=1e-9)

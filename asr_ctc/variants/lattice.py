@@ -3,16 +3,16 @@
 The production loss (:mod:`asr_ctc.ctc`) is hand-optimised for one lattice, plain CTC's. The variants that
 change the lattice (W-CTC's wildcards, a star token for missing words, maximum-entropy CTC) need other
 start/end states, extra states and a second quantity carried through the recursion; this module computes
-them with one clear recursion over any *banded* lattice, and differentiates it with autograd.
+them with one clear forward-backward over any *banded* lattice, with a hand-written gradient.
 
-Why autograd through the recursion, not a hand-written backward: every variant here is the same
-log-space forward recursion over a different state graph, plus (for the entropy) a first-order
-expectation semiring carried alongside. Autograd gives the exact gradient of whatever that recursion
-computes, for every graph and both quantities, with no second derivation to get wrong; the tests check
-it against brute force over all alignments and :func:`torch.autograd.gradcheck`. The price is speed and
-memory: about ``10 * T`` small tensor ops forward and as many backward, and ``T`` saved (B, S, D) steps,
-against the production loss's fused ring buffer. For training-size batches (T of a few hundred frames)
-that is milliseconds to tens of milliseconds on a CPU; plain CTC never comes here.
+Why a hand-written gradient (an :class:`torch.autograd.Function`), not autograd through the recursion:
+both were written. Autograd through the log-space recursion is the shortest correct code, but it records
+about ``10 * T`` small ops per batch and replays them backward: 1.0-2.8 s for one loss and backward at
+B = 16, T = 300, C = 32, L = 100 on this project's shared 2-core CPU (load ~10, indicative only), against
+0.06 s for the production loss. The forward-backward below runs without a graph and gives the gradients
+in closed form (:func:`_forward_backward`): 0.2-0.5 s on the same case and machine. The tests keep the
+autograd version as a second reference (``tests/test_variants.py``), beside brute force over all
+alignments and :func:`torch.autograd.gradcheck`. Plain CTC never comes here (knob 0 uses ``loss.impl``).
 
 The lattice
 -----------
@@ -56,7 +56,7 @@ from torch import Tensor
 
 from asr_ctc.ctc import _DEAD, _LOG_ZERO, _prepare
 
-__all__ = ["OFFSETS", "Lattice", "build_lattice", "lattice_forward", "lattice_ctc_loss"]
+__all__ = ["OFFSETS", "Lattice", "build_lattice", "lattice_ctc_loss", "lattice_nll"]
 
 # Transition offsets: from s - d into s. 0: stay; 1, 2, 3: forward; -1: back (star -> its blank).
 OFFSETS = (0, 1, 2, 3, -1)
@@ -145,16 +145,20 @@ def build_lattice(
     batch = len(rows)
     width = max((len(cols) for cols, *_ in rows), default=1)
     classes = torch.full((batch, width), n_classes + PAD, dtype=torch.long)
-    allowed = torch.zeros((batch, width, len(OFFSETS)), dtype=torch.bool)
-    start = torch.zeros((batch, width), dtype=torch.bool)
-    final = torch.zeros((batch, width), dtype=torch.bool)
+    edges: list[tuple[int, int, int]] = []  # (b, s, offset index), filled in one assignment below
+    starts_at: list[tuple[int, int]] = []
+    finals_at: list[tuple[int, int]] = []
     for b, (cols, preds, starts, finals) in enumerate(rows):
         classes[b, : len(cols)] = torch.tensor(cols, dtype=torch.long)
-        for s, sources in enumerate(preds):
-            for p in sources:
-                allowed[b, s, OFFSETS.index(s - p)] = True
-        start[b, list(starts)] = True
-        final[b, list(finals)] = True
+        edges += [(b, s, OFFSETS.index(s - p)) for s, sources in enumerate(preds) for p in sources]
+        starts_at += [(b, s) for s in starts]
+        finals_at += [(b, s) for s in finals]
+    allowed = torch.zeros((batch, width, len(OFFSETS)), dtype=torch.bool)
+    allowed[tuple(torch.tensor(edges, dtype=torch.long).t())] = True
+    start = torch.zeros((batch, width), dtype=torch.bool)
+    start[tuple(torch.tensor(starts_at, dtype=torch.long).t())] = True
+    final = torch.zeros((batch, width), dtype=torch.bool)
+    final[tuple(torch.tensor(finals_at, dtype=torch.long).t())] = True
     device = targets.device
     return Lattice(classes.to(device), allowed.to(device), start.to(device), final.to(device))
 
@@ -177,54 +181,153 @@ def _emissions(
     return table.gather(2, lattice.classes.unsqueeze(0).expand(frames, -1, -1))
 
 
-def _shift(x: Tensor, d: int, fill: float) -> Tensor:
-    """``x[:, s - d]`` at ``s`` (``fill`` outside), for one transition offset ``d``."""
-    if d == 0:
-        return x
-    pad = x.new_full((x.shape[0], abs(d)), fill)
-    return torch.cat((pad, x[:, :-d]), 1) if d > 0 else torch.cat((x[:, -d:], pad), 1)
-
-
-def lattice_forward(
-    emissions: Tensor, lattice: Lattice, input_lengths: Tensor, entropy: bool
-) -> tuple[Tensor, Tensor | None]:
-    """``log Z`` and, with ``entropy``, the alignment entropy ``H``, by the recursion of the module docstring.
-
-    Args:
-        emissions: (T, B, S) float32 or float64, from :func:`_emissions`.
-        lattice: the batch's :class:`Lattice`.
-        input_lengths: (B,) int64, each >= 1.
-        entropy: also carry the expectation semiring and return ``H``.
+def _transition_weights(lattice: Lattice, dtype: torch.dtype) -> tuple[list[int], Tensor, Tensor]:
+    """The offsets in use, and their log-weights (0 or "log 0") into each state and out of each state.
 
     Returns:
-        ``(log_z, H)``: (B,) each (``H`` ``None`` without ``entropy``); ``log_z`` below ``-1e29`` means no
-        alignment.
+        ``(offsets, into, out_of)``: ``into[i, b, s]`` is the log-weight of ``s - d -> s``,
+        ``out_of[i, b, s]`` that of ``s -> s + d`` (``d = offsets[i]``), both (D, B, S).
     """
-    frames = emissions.shape[0]
-    offsets = [d for i, d in enumerate(OFFSETS) if bool(lattice.allowed[..., i].any())]
-    log_w = torch.zeros(lattice.allowed.shape, dtype=emissions.dtype, device=emissions.device)
-    log_w = log_w.masked_fill(~lattice.allowed, _LOG_ZERO)[..., [OFFSETS.index(d) for d in offsets]]
-    alpha = emissions[0] + torch.zeros_like(emissions[0]).masked_fill(~lattice.start, _LOG_ZERO)
-    r = emissions[0] if entropy else None
+    used = [i for i, _ in enumerate(OFFSETS) if bool(lattice.allowed[..., i].any())]
+    offsets = [OFFSETS[i] for i in used]
+    allowed = lattice.allowed[..., used].permute(2, 0, 1)
+    into = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, _LOG_ZERO)
+    out_of = torch.full_like(into, _LOG_ZERO)
+    width = into.shape[-1]
+    for i, d in enumerate(offsets):  # out_of[s] = into[s + d]
+        if d >= 0:
+            out_of[i, :, : width - d] = into[i, :, d:]
+        else:
+            out_of[i, :, -d:] = into[i, :, :d]
+    return offsets, into, out_of
+
+
+# Padding on both sides of the recursion buffers: room for the largest offset either way, so that every
+# shifted neighbour (s - d forward, s + d backward) is a view, not a copy per step.
+_PAD = max(abs(d) for d in OFFSETS)
+
+
+def _forward_backward(
+    emissions: Tensor, lattice: Lattice, input_lengths: Tensor, entropy: bool, need_grad: bool
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``log Z``, ``H`` and their gradients with respect to the emissions, by forward-backward.
+
+    The forward pass is the recursion of the module docstring (and the expected prefix score ``rf``); the
+    backward pass the mirror image: ``beta_t(s)``, the log-sum of the suffixes after frame ``t`` from ``s``,
+    and ``rb_t(s)``, their expected score. The gradients (``gamma_t(s) = exp(alpha_t(s) + beta_t(s) - log Z)``
+    the posterior of state ``s`` at frame ``t``, ``score`` a path's summed emissions)::
+
+        d log Z / d E_t(s) = gamma_t(s)
+        d H     / d E_t(s) = -Cov(score, [path in s at t]) = -gamma_t(s) (rf_t(s) + rb_t(s) - E[score])
+
+    The second because ``H = log Z - E[score]`` and ``d E[score] / d E_t(s) = gamma_t(s) + Cov(score,
+    [s at t])``; ``E[score | s at t] = rf_t(s) + rb_t(s)`` (``rf`` includes ``E_t(s)``, ``rb`` does not).
+
+    Args:
+        emissions: (T, B, S) float32 or float64, from :func:`_emissions` (no autograd graph needed).
+        lattice: the batch's :class:`Lattice`.
+        input_lengths: (B,) int64, each >= 1.
+        entropy: also compute ``H`` (and its gradient).
+        need_grad: compute the gradients (the backward recursion).
+
+    Returns:
+        ``(log_z, h, grad_log_z, grad_h)``: (B,) each (``h`` zeros without ``entropy``), then (T, B, S)
+        gradients (zero past each input length) or ``None``.
+    """
+    frames, batch, width = emissions.shape
+    dtype, device = emissions.dtype, emissions.device
+    offsets, into, out_of = _transition_weights(lattice, dtype)
+    running = torch.arange(frames, device=device).view(-1, 1, 1) < input_lengths.view(1, -1, 1)
+    start = torch.zeros((batch, width), dtype=dtype, device=device).masked_fill_(~lattice.start, _LOG_ZERO)
+    final = torch.zeros_like(start).masked_fill_(~lattice.final, _LOG_ZERO)
+
+    def padded(fill: float) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+        buf = torch.full((batch, width + 2 * _PAD), fill, dtype=dtype, device=device)
+        core = buf[:, _PAD : _PAD + width]
+        back = [buf[:, _PAD - d : _PAD - d + width] for d in offsets]  # value at s - d
+        ahead = [buf[:, _PAD + d : _PAD + d + width] for d in offsets]  # value at s + d
+        return buf, core, back, ahead
+
+    # Forward: alpha and the expected prefix score rf, every frame kept (the gradients need them).
+    alphas = torch.empty_like(emissions)
+    alphas[0] = emissions[0] + start
+    rfs = torch.empty_like(emissions) if entropy else None
+    if entropy:
+        rfs[0] = emissions[0]
+    _, a_core, a_back, _ = padded(_LOG_ZERO)
+    _, r_core, r_back, _ = padded(0.0)
     for t in range(1, frames):
-        cand = torch.stack([_shift(alpha, d, _LOG_ZERO) for d in offsets], -1) + log_w
-        new = torch.logsumexp(cand, -1) + emissions[t]
-        running = (t < input_lengths).unsqueeze(1)
+        a_core.copy_(alphas[t - 1])
+        terms = [view + w for view, w in zip(a_back, into, strict=True)]
+        acc = terms[0]
+        for term in terms[1:]:
+            acc = torch.logaddexp(acc, term)
+        torch.where(running[t], acc + emissions[t], alphas[t - 1], out=alphas[t])
         if entropy:
-            weights = torch.softmax(cand, -1)
-            prev = torch.stack([_shift(r, d, 0.0) for d in offsets], -1)
-            new_r = (weights * prev).sum(-1) + emissions[t]
-            # Unreachable states hold "log 0" sums; their expected score is meaningless and reset to 0 so
-            # that it can never grow to overflow (its weight in every later sum is exactly 0).
-            new_r = torch.where(new > _DEAD, new_r, torch.zeros_like(new_r))
-            r = torch.where(running, new_r, r)
-        alpha = torch.where(running, new, alpha)
-    ends = alpha.masked_fill(~lattice.final, _LOG_ZERO)
+            r_core.copy_(rfs[t - 1])
+            rf = emissions[t].clone()
+            for term, view in zip(terms, r_back, strict=True):
+                rf += torch.exp(term - acc) * view
+            # Unreachable states: meaningless (their weight is exactly 0 later); 0 keeps them finite.
+            rf = torch.where(acc > _DEAD, rf, torch.zeros_like(rf))
+            torch.where(running[t], rf, rfs[t - 1], out=rfs[t])
+    ends = alphas[-1] + final
     log_z = torch.logsumexp(ends, -1)
-    if not entropy:
-        return log_z, None
-    expected = (torch.softmax(ends, -1) * r).sum(-1)
-    return log_z, log_z - expected
+    h = torch.zeros_like(log_z)
+    expected = None
+    if entropy:
+        expected = (torch.softmax(ends, -1) * rfs[-1]).sum(-1)
+        h = log_z - expected
+    if not need_grad:
+        return log_z, h, None, None
+
+    # Backward: beta and the expected suffix score rb, one frame at a time, folded into the gradients.
+    grad_z = torch.empty_like(emissions)
+    grad_h = torch.empty_like(emissions) if entropy else None
+    last = (torch.arange(frames, device=device).view(-1, 1, 1) >= input_lengths.view(1, -1, 1) - 1)
+    beta = final.clone()
+    rb = torch.zeros_like(beta)
+    _, g_core, _, g_ahead = padded(_LOG_ZERO)
+    _, q_core, _, q_ahead = padded(0.0)
+    for t in range(frames - 1, -1, -1):
+        if t < frames - 1:
+            torch.add(emissions[t + 1], beta, out=g_core)
+            terms = [view + w for view, w in zip(g_ahead, out_of, strict=True)]
+            acc = terms[0]
+            for term in terms[1:]:
+                acc = torch.logaddexp(acc, term)
+            if entropy:
+                torch.add(emissions[t + 1], rb, out=q_core)
+                new_rb = torch.zeros_like(rb)
+                for term, view in zip(terms, q_ahead, strict=True):
+                    new_rb += torch.exp(term - acc) * view
+                rb = torch.where(last[t], torch.zeros_like(rb), torch.where(acc > _DEAD, new_rb, 0.0))
+            beta = torch.where(last[t], final, acc)
+        gamma = torch.exp(alphas[t] + beta - log_z.unsqueeze(1)).masked_fill_(~running[t], 0.0)
+        grad_z[t] = gamma
+        if entropy:
+            grad_h[t] = -gamma * (rfs[t] + rb - expected.unsqueeze(1))
+    return log_z, h, grad_z, grad_h
+
+
+class _LatticeFunction(torch.autograd.Function):
+    """``(log Z, H)`` of the emissions, with the analytic gradients of :func:`_forward_backward`."""
+
+    @staticmethod
+    def forward(ctx, emissions, lattice, input_lengths, entropy):
+        log_z, h, grad_z, grad_h = _forward_backward(
+            emissions.detach(), lattice, input_lengths, entropy, ctx.needs_input_grad[0]
+        )
+        ctx.save_for_backward(grad_z, grad_h)
+        return log_z, h
+
+    @staticmethod
+    def backward(ctx, grad_log_z, grad_h_out):
+        grad_z, grad_h = ctx.saved_tensors
+        grad = grad_z * grad_log_z.view(1, -1, 1)
+        if grad_h is not None:
+            grad = grad + grad_h * grad_h_out.view(1, -1, 1)
+        return grad, None, None, None
 
 
 def lattice_nll(
@@ -256,7 +359,8 @@ def lattice_nll(
     n_classes = log_probs.shape[-1]
     lattice = build_lattice(targets, target_lengths, blank, n_classes, wildcard_weight > 0, star_weight > 0)
     emissions = _emissions(log_probs, lattice, blank, wildcard_weight, star_weight)
-    log_z, h = lattice_forward(emissions, lattice, input_lengths.clamp_min(1), entropy)
+    log_z, h = _LatticeFunction.apply(emissions, lattice, input_lengths.clamp_min(1), entropy)
+    h = h if entropy else None
     no_frames = input_lengths == 0
     # No frames: the empty alignment, probability 1 for an empty target and 0 otherwise.
     dead = torch.where(no_frames, target_lengths > 0, log_z <= _DEAD)
