@@ -181,30 +181,50 @@ def _emissions(
     return table.gather(2, lattice.classes.unsqueeze(0).expand(frames, -1, -1))
 
 
-def _transition_weights(lattice: Lattice, dtype: torch.dtype) -> tuple[list[int], Tensor, Tensor]:
-    """The offsets in use, and their log-weights (0 or "log 0") into each state and out of each state.
+def _transition_weights(lattice: Lattice, dtype: torch.dtype) -> tuple[int, int, Tensor, Tensor]:
+    """The range of offsets in use, and their log-weights (0 or "log 0") into and out of each state.
 
     Returns:
-        ``(offsets, into, out_of)``: ``into[i, b, s]`` is the log-weight of ``s - d -> s``,
-        ``out_of[i, b, s]`` that of ``s -> s + d`` (``d = offsets[i]``), both (D, B, S).
+        ``(low, high, into, out_of)``: the offsets used are ``low..high`` (a contiguous range for every
+        lattice built here); ``into[i, b, s]`` is the log-weight of ``s - d -> s`` for ``d = high - i``
+        (descending), ``out_of[i, b, s]`` that of ``s -> s + d`` for ``d = low + i`` (ascending), both
+        (D, B, S). The two orders make each set of shifted neighbours a single strided view.
     """
-    used = [i for i, _ in enumerate(OFFSETS) if bool(lattice.allowed[..., i].any())]
-    offsets = [OFFSETS[i] for i in used]
-    allowed = lattice.allowed[..., used].permute(2, 0, 1)
+    used = [d for i, d in enumerate(OFFSETS) if bool(lattice.allowed[..., i].any())]
+    low, high = min(used), max(used)
+    descending = [OFFSETS.index(d) for d in range(high, low - 1, -1)]
+    allowed = lattice.allowed[..., descending].permute(2, 0, 1)
     into = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, _LOG_ZERO)
     out_of = torch.full_like(into, _LOG_ZERO)
     width = into.shape[-1]
-    for i, d in enumerate(offsets):  # out_of[s] = into[s + d]
+    for i, d in enumerate(range(low, high + 1)):  # out_of[s] = into[s + d]
+        src = into[high - d]
         if d >= 0:
-            out_of[i, :, : width - d] = into[i, :, d:]
+            out_of[i, :, : width - d] = src[:, d:]
         else:
-            out_of[i, :, -d:] = into[i, :, :d]
-    return offsets, into, out_of
+            out_of[i, :, -d:] = src[:, :d]
+    return low, high, into, out_of
 
 
-# Padding on both sides of the recursion buffers: room for the largest offset either way, so that every
-# shifted neighbour (s - d forward, s + d backward) is a view, not a copy per step.
+# Padding on both sides of each lattice row: room for the largest offset either way, so that every set of
+# shifted neighbours (s - d forward, s + d backward) is one strided view, not a copy per step.
 _PAD = max(abs(d) for d in OFFSETS)
+
+
+def _neighbours(rows: Tensor, first: int, count: int, width: int) -> Tensor:
+    """(count, B, width) view of padded rows (B, width + 2 * _PAD): entry ``i`` from column ``first + i``."""
+    return rows.as_strided(
+        (count, rows.shape[0], width), (1, rows.stride(0), 1), rows.storage_offset() + first
+    )
+
+
+def _logsumexp0(x: Tensor) -> Tensor:
+    """logsumexp over the first dimension of a few rows, as chained ``logaddexp`` (one fused op per row,
+    fewer passes than ``torch.logsumexp`` on these small strided operands)."""
+    acc = x[0]
+    for row in x[1:]:
+        acc = torch.logaddexp(acc, row)
+    return acc
 
 
 def _forward_backward(
@@ -236,41 +256,37 @@ def _forward_backward(
     """
     frames, batch, width = emissions.shape
     dtype, device = emissions.dtype, emissions.device
-    offsets, into, out_of = _transition_weights(lattice, dtype)
+    low, high, into, out_of = _transition_weights(lattice, dtype)
+    count = high - low + 1
     running = torch.arange(frames, device=device).view(-1, 1, 1) < input_lengths.view(1, -1, 1)
     start = torch.zeros((batch, width), dtype=dtype, device=device).masked_fill_(~lattice.start, _LOG_ZERO)
     final = torch.zeros_like(start).masked_fill_(~lattice.final, _LOG_ZERO)
+    core = slice(_PAD, _PAD + width)
 
-    def padded(fill: float) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
-        buf = torch.full((batch, width + 2 * _PAD), fill, dtype=dtype, device=device)
-        core = buf[:, _PAD : _PAD + width]
-        back = [buf[:, _PAD - d : _PAD - d + width] for d in offsets]  # value at s - d
-        ahead = [buf[:, _PAD + d : _PAD + d + width] for d in offsets]  # value at s + d
-        return buf, core, back, ahead
-
-    # Forward: alpha and the expected prefix score rf, every frame kept (the gradients need them).
-    alphas = torch.empty_like(emissions)
+    # Forward: alpha and the expected prefix score rf of every frame, in padded rows (the gradients need
+    # them all); the neighbours s - d of row t - 1 are one view, from column _PAD - high on.
+    alpha_rows = torch.full((frames, batch, width + 2 * _PAD), _LOG_ZERO, dtype=dtype, device=device)
+    alphas = alpha_rows[:, :, core]
     alphas[0] = emissions[0] + start
-    rfs = torch.empty_like(emissions) if entropy else None
+    rf_rows = torch.zeros_like(alpha_rows) if entropy else None
+    rfs = rf_rows[:, :, core] if entropy else None
     if entropy:
         rfs[0] = emissions[0]
-    _, a_core, a_back, _ = padded(_LOG_ZERO)
-    _, r_core, r_back, _ = padded(0.0)
+    # Until the shortest sequence ends no row needs its value held (most steps of a length-grouped batch).
+    shortest = int(input_lengths.min())
     for t in range(1, frames):
-        a_core.copy_(alphas[t - 1])
-        terms = [view + w for view, w in zip(a_back, into, strict=True)]
-        acc = terms[0]
-        for term in terms[1:]:
-            acc = torch.logaddexp(acc, term)
-        torch.where(running[t], acc + emissions[t], alphas[t - 1], out=alphas[t])
+        cand = _neighbours(alpha_rows[t - 1], _PAD - high, count, width) + into
+        acc = _logsumexp0(cand)
+        if t < shortest:
+            torch.add(acc, emissions[t], out=alphas[t])
+        else:
+            alphas[t] = torch.where(running[t], acc + emissions[t], alphas[t - 1])
         if entropy:
-            r_core.copy_(rfs[t - 1])
-            rf = emissions[t].clone()
-            for term, view in zip(terms, r_back, strict=True):
-                rf += torch.exp(term - acc) * view
+            weights = torch.exp(cand - acc)
+            rf = (weights * _neighbours(rf_rows[t - 1], _PAD - high, count, width)).sum(0) + emissions[t]
             # Unreachable states: meaningless (their weight is exactly 0 later); 0 keeps them finite.
-            rf = torch.where(acc > _DEAD, rf, torch.zeros_like(rf))
-            torch.where(running[t], rf, rfs[t - 1], out=rfs[t])
+            rf = torch.where(acc > _DEAD, rf, 0.0)
+            rfs[t] = torch.where(running[t], rf, rfs[t - 1])
     ends = alphas[-1] + final
     log_z = torch.logsumexp(ends, -1)
     h = torch.zeros_like(log_z)
@@ -281,32 +297,34 @@ def _forward_backward(
     if not need_grad:
         return log_z, h, None, None
 
-    # Backward: beta and the expected suffix score rb, one frame at a time, folded into the gradients.
-    grad_z = torch.empty_like(emissions)
-    grad_h = torch.empty_like(emissions) if entropy else None
-    last = (torch.arange(frames, device=device).view(-1, 1, 1) >= input_lengths.view(1, -1, 1) - 1)
+    # Backward: beta and the expected suffix score rb, one frame at a time, folded into the gradients; the
+    # neighbours s + d of the next frame's rows are one view, from column _PAD + low on.
+    betas = torch.empty_like(emissions)
+    rbs = torch.empty_like(emissions) if entropy else None
+    last = torch.arange(frames, device=device).view(-1, 1, 1) >= input_lengths.view(1, -1, 1) - 1
     beta = final.clone()
     rb = torch.zeros_like(beta)
-    _, g_core, _, g_ahead = padded(_LOG_ZERO)
-    _, q_core, _, q_ahead = padded(0.0)
+    g_row = torch.full((batch, width + 2 * _PAD), _LOG_ZERO, dtype=dtype, device=device)
+    q_row = torch.zeros_like(g_row)
     for t in range(frames - 1, -1, -1):
         if t < frames - 1:
-            torch.add(emissions[t + 1], beta, out=g_core)
-            terms = [view + w for view, w in zip(g_ahead, out_of, strict=True)]
-            acc = terms[0]
-            for term in terms[1:]:
-                acc = torch.logaddexp(acc, term)
+            torch.add(emissions[t + 1], beta, out=g_row[:, core])
+            cand = _neighbours(g_row, _PAD + low, count, width) + out_of
+            acc = _logsumexp0(cand)
+            held = t >= shortest - 1  # some sequence's last frame is at or after t: its row restarts
             if entropy:
-                torch.add(emissions[t + 1], rb, out=q_core)
-                new_rb = torch.zeros_like(rb)
-                for term, view in zip(terms, q_ahead, strict=True):
-                    new_rb += torch.exp(term - acc) * view
-                rb = torch.where(last[t], torch.zeros_like(rb), torch.where(acc > _DEAD, new_rb, 0.0))
-            beta = torch.where(last[t], final, acc)
-        gamma = torch.exp(alphas[t] + beta - log_z.unsqueeze(1)).masked_fill_(~running[t], 0.0)
-        grad_z[t] = gamma
+                torch.add(emissions[t + 1], rb, out=q_row[:, core])
+                rb = (torch.exp(cand - acc) * _neighbours(q_row, _PAD + low, count, width)).sum(0)
+                rb = torch.where(acc > _DEAD, rb, 0.0)
+                rb = torch.where(last[t], 0.0, rb) if held else rb
+            beta = torch.where(last[t], final, acc) if held else acc
+        betas[t] = beta
         if entropy:
-            grad_h[t] = -gamma * (rfs[t] + rb - expected.unsqueeze(1))
+            rbs[t] = rb
+    grad_z = torch.exp(alphas + betas - log_z.view(1, -1, 1)).masked_fill_(~running, 0.0)
+    grad_h = None
+    if entropy:
+        grad_h = -grad_z * (rfs + rbs - expected.view(1, -1, 1))
     return log_z, h, grad_z, grad_h
 
 
