@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib.util
+import math
 import re
 import types
 import typing
@@ -241,6 +242,59 @@ class LossConfig:
         default=True,
         metadata={"help": "zero the loss and gradient of utterances that have no valid alignment"},
     )
+    # The loss variants (asr_ctc.variants, docs/loss-variants.md): one key each, 0 gives plain CTC exactly.
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "epsilon: add epsilon x the frame-wise KL(uniform || posteriors), summed over real "
+            "frames (label smoothing for CTC, as in neural_sp and bonito)",
+            "range": (0.0, None),
+        },
+    )
+    focal_gamma: float = field(
+        default=0.0,
+        metadata={
+            "help": "gamma of focal CTC (Feng et al. 2019): each utterance's loss L becomes "
+            "(1 - exp(-L))^gamma L",
+            "range": (0.0, None),
+        },
+    )
+    max_entropy: float = field(
+        default=0.0,
+        metadata={
+            "help": "beta of maximum-entropy CTC (Liu et al., NeurIPS 2018): subtract beta x the entropy of "
+            "the alignment posterior (needs impl custom)",
+            "range": (0.0, None),
+            "lattice": True,
+        },
+    )
+    wildcard_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "W-CTC (Cai et al., ICLR 2022): a wildcard before and after each transcript, for "
+            "transcripts missing their first or last words; each frame it absorbs scores weight x 1 "
+            "(1 = the paper's; needs impl custom)",
+            "range": (0.0, 1.0),
+            "lattice": True,
+        },
+    )
+    star_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "a star token in every gap of the transcript, for missing words anywhere (STC, Pratap et "
+            "al. 2022; OTC, Gao et al. 2023): each frame it absorbs scores weight x P(non-blank), a "
+            "penalty of -log(weight) (needs impl custom)",
+            "range": (0.0, 1.0),
+            "lattice": True,
+        },
+    )
+    variants: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "help": "your own variants, registered with asr_ctc.variants.register_variant: name -> value "
+            "(0 = off)"
+        },
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -250,10 +304,49 @@ class LossConfig:
                 raise ValueError(f"{f.name}: expected one of {', '.join(choices)}, got {value!r}")
         if not isinstance(self.zero_infinity, bool):
             raise ValueError(f"zero_infinity: expected bool, got {self.zero_infinity!r}")
+        self._check_variants()
         if self.impl == "builtin" and self.reduction == "token_mean":
             raise ValueError(
                 "reduction: token_mean needs impl custom, torch or reference "
                 "(the model's builtin loss only knows mean and sum)"
+            )
+
+    def _check_variants(self) -> None:
+        on = []
+        for f in dataclasses.fields(self):
+            if "range" not in f.metadata:
+                continue
+            value, (low, high) = getattr(self, f.name), f.metadata["range"]
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value < low or (high is not None and value > high):
+                expected = f"a number in [{low}, {high}]" if high is not None else f"a finite number >= {low}"
+                raise ValueError(f"{f.name}: expected {expected}, got {value!r}")
+            if value and f.metadata.get("lattice") and self.impl != "custom":
+                raise ValueError(
+                    f"{f.name}: needs impl custom (the variants' lattice), got impl {self.impl!r}"
+                )
+            if value:
+                on.append(f.name)
+        if not isinstance(self.variants, dict):
+            raise ValueError(f"variants: expected a mapping of name -> number, got {self.variants!r}")
+        if self.variants:
+            from .variants import registered_variants  # lazy: the variants import torch
+
+            for name, value in self.variants.items():
+                if name not in registered_variants():
+                    known = ", ".join(registered_variants()) or "none registered"
+                    raise ValueError(
+                        f"variants: {name!r} is not a registered variant (asr_ctc.variants.register_variant; "
+                        f"registered: {known})"
+                    )
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"variants: {name}: expected a finite number, got {value!r}")
+                if value:
+                    on.append(f"variants.{name}")
+        if on and self.impl == "builtin":
+            raise ValueError(
+                f"impl: builtin computes plain CTC inside the model; {', '.join(on)} need impl custom "
+                "(or torch/reference for label_smoothing, focal_gamma and variants)"
             )
 
 

@@ -17,18 +17,13 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .config import LossConfig
-from .ctc import ctc_loss as custom_ctc_loss
 from .data.collator import IGNORE_INDEX
 from .modeling import frame_lengths
-from .seq_loss_util import ctc_loss_like_torch
+from .variants import per_utterance_loss
 
 
 class NonFiniteLossError(RuntimeError):
     """A training batch gave an infinite or NaN loss; raised before the optimiser can apply it."""
-
-
-# ``builtin`` has no entry: the model computes that loss itself.
-_LOSS_FUNCTIONS = {"custom": custom_ctc_loss, "torch": F.ctc_loss, "reference": ctc_loss_like_torch}
 
 
 class CTCTrainer(Trainer):
@@ -120,22 +115,14 @@ class CTCTrainer(Trainer):
     def per_utterance_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, frame_lengths: torch.Tensor, blank: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) per-utterance CTC losses of ``logits`` (B, T, C) and their (B,) target lengths."""
+        """(B,) per-utterance losses of ``logits`` (B, T, C) and their (B,) target lengths: the configured
+        CTC and its variants, :func:`asr_ctc.variants.per_utterance_loss`."""
         log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
         label_mask = labels != IGNORE_INDEX
         target_lengths = label_mask.sum(-1)
         # Padded targets with the padding set to blank: every implementation ignores entries past a length.
         targets = torch.where(label_mask, labels, torch.full_like(labels, blank))
-        loss_fn = _LOSS_FUNCTIONS[self.ctc_impl]
-        loss = loss_fn(
-            log_probs,
-            targets,
-            frame_lengths,
-            target_lengths,
-            blank=blank,
-            reduction="none",
-            zero_infinity=self.ctc_zero_infinity,
-        )
+        loss = per_utterance_loss(log_probs, targets, frame_lengths, target_lengths, blank, self.loss_config)
         return loss, target_lengths
 
     def reduce(
