@@ -21,6 +21,7 @@ from .ctc import ctc_loss as custom_ctc_loss
 from .data.collator import IGNORE_INDEX
 from .modeling import frame_lengths
 from .seq_loss_util import ctc_loss_like_torch
+from .variants import timing
 
 
 class NonFiniteLossError(RuntimeError):
@@ -82,6 +83,7 @@ class CTCTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         # A per-batch mean still has to be divided by the accumulation steps; sums over the step do not.
         self.loss_is_scaled_for_ga = loss_config.reduction != "mean"
+        timing.install(self)  # the label-prior callback, when loss.label_prior_beta > 0
         if loss_config.impl == "builtin":
             # The one place the model's own CTC settings are written: they are this loss config's.
             config = self.accelerator.unwrap_model(self.model).config
@@ -127,6 +129,8 @@ class CTCTrainer(Trainer):
         # Padded targets with the padding set to blank: every implementation ignores entries past a length.
         targets = torch.where(label_mask, labels, torch.full_like(labels, blank))
         loss_fn = _LOSS_FUNCTIONS[self.ctc_impl]
+        # Label priors and the delay penalty (asr_ctc.variants.timing); both leave these unchanged at 0.
+        log_probs, loss_fn = timing.training_scores(self, log_probs, frame_lengths, loss_fn)
         loss = loss_fn(
             log_probs,
             targets,

@@ -1,0 +1,388 @@
+"""Timing variants of CTC: label priors and the delay penalty (docs/timestamps-training.md is the guide).
+
+Both change *where* in time a CTC model puts its tokens, not what it recognises, and both reduce exactly to
+plain CTC at a knob of 0 (the trainer then does not call them at all).
+
+**Label priors** (Huang et al., "Less Peaky and More Accurate CTC Forced Alignment by Label Priors", ICASSP
+2024, arXiv 2406.02560; the theory in Zeyer et al., "Why does CTC result in peaky behavior?", 2021). The
+loss is CTC on the scores ``log p_t(k) - beta * log P(k)``, ``P`` the label prior: the average of the model's
+own frame posteriors. A path's score is then divided by ``P(blank)^(beta n_blank) * prod P(label)^beta``: the
+blank, by far the most frequent class, is discounted, so paths with fewer blanks (tokens held for more
+frames) gain. The scores no longer sum to one over ``k``, so the gradient must be the true derivative of the
+lattice's log-sum with respect to each score: :func:`asr_ctc.ctc_loss` computes exactly that;
+:func:`torch.nn.functional.ctc_loss`'s backward returns ``exp(log_probs) - posteriors``, which is the
+gradient only for normalised input (pytorch#122243, #52241), so it trains a different objective here.
+:class:`LabelPrior` keeps the prior (a running average over optimiser steps, synchronised across
+processes, saved in checkpoints); :func:`apply_label_prior` forms the scores, for training and for forced
+alignment.
+
+**Delay penalty** (Yao et al., "Delay-penalized CTC implemented based on Finite State Transducer",
+Interspeech 2023, arXiv 2305.11539; k2's ``ctc_loss(..., delay_penalty)``): every *onset* of a token, the
+frame ``t`` at which a path enters a label from the blank before it or from the previous label (not a
+repeated frame of the same token), adds ``-lambda * (t - floor(T_b / 2))`` to the path's log-score,
+``T_b`` the utterance's frame count. Early onsets gain, late ones lose; the centring constant is the same
+for every path of an utterance (each has exactly ``L_b`` onsets), so it only shifts the loss value by
+``lambda * L_b * floor(T_b / 2)`` and leaves the gradient and the best path alone (it keeps the loss near
+plain CTC's, as in k2). Because it scores a *transition*, not a frame's class, it cannot be a change of the
+``(T, B, C)`` scores; :func:`delay_penalty_ctc_loss` runs its own banded log-space forward recursion on the
+CTC states (:func:`asr_ctc.ctc_states.interleave_blanks`) and lets autograd differentiate it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from asr_ctc.ctc import _prepare
+from asr_ctc.ctc_states import interleave_blanks
+from asr_ctc.fileio import atomic_write_text
+
+__all__ = [
+    "LABEL_PRIOR_FILE",
+    "LabelPrior",
+    "apply_label_prior",
+    "delay_penalty_ctc_loss",
+    "load_label_prior",
+    "training_scores",
+]
+
+#: The final label prior of a run, written beside the model (checkpoints keep theirs in trainer_state.json).
+LABEL_PRIOR_FILE = "label_prior.json"
+# A prior is floored here before its log: a class whose posteriors underflowed to 0 would otherwise get an
+# infinite bonus. Classes that rare never occur in a target, so the floor never touches a lattice in practice.
+_PRIOR_FLOOR = 1e-12
+# "log 0" of the delay-penalty lattice: finite, so that autograd through logaddexp never sees -inf - -inf;
+# a log-score below _DEAD means "no alignment" (the same convention as asr_ctc.ctc).
+_LOG_ZERO, _DEAD = -1e30, -1e29
+
+
+def _check_beta(beta: float, name: str = "beta") -> float:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {beta!r}")
+    return float(beta)
+
+
+# -- label priors -----------------------------------------------------------------------------------------
+
+
+def apply_label_prior(log_probs: Tensor, log_prior: Tensor, beta: float) -> Tensor:
+    """The label-prior scores ``log_probs - beta * log_prior`` (Huang et al. 2024, eq. for the prior-scaled
+    posteriors; Zeyer et al. 2021).
+
+    Args:
+        log_probs: (..., C) float, per-frame class log-probabilities (e.g. (T, B, C)).
+        log_prior: (C,) float, the log label prior (:meth:`LabelPrior.log_prior`, :func:`load_label_prior`).
+        beta: the prior scale, ``>= 0``; 0 returns ``log_probs`` itself (plain CTC, bit for bit).
+
+    Returns:
+        (..., C), ``log_probs.dtype``: scores that no longer sum to one over the classes. Train on them with
+        :func:`asr_ctc.ctc_loss` (exact gradient), never :func:`torch.nn.functional.ctc_loss` (see the module
+        docstring); align with :func:`asr_ctc.align.forced_align`.
+
+    Raises:
+        ValueError: ``beta`` negative or not finite, or ``log_prior`` not of shape (C,).
+    """
+    beta = _check_beta(beta)
+    if not isinstance(log_prior, Tensor) or log_prior.shape != log_probs.shape[-1:]:
+        got = tuple(log_prior.shape) if isinstance(log_prior, Tensor) else type(log_prior).__name__
+        raise ValueError(f"log_prior must have shape ({log_probs.shape[-1]},) (C of log_probs), got {got}")
+    if beta == 0:
+        return log_probs
+    return log_probs - beta * log_prior.to(dtype=log_probs.dtype, device=log_probs.device)
+
+
+class LabelPrior(TrainerCallback, ExportableState):
+    """The running label prior of a training run, and the trainer callback that keeps it.
+
+    The prior ``P`` is an exponential moving average, over optimiser steps, of the mean frame posterior
+    ``exp(log_probs)`` of each step's training batch, over non-padding frames only:
+    ``P <- momentum * P + (1 - momentum) * m_step`` (the first step sets ``P = m_step``), where
+    ``m_step = sum_{b, t < T_b} p_t(.) / sum_b T_b`` counts every micro-batch of the step (gradient
+    accumulation) and every process (the sums are all-reduced), so the prior does not depend on how the
+    global batch is split. Posteriors are collected in every training step, the warm-up included; the loss
+    uses the prior from step ``warmup_steps`` on (and never in the very first step, before any update).
+    Evaluation uses the current prior but does not update it.
+
+    State: ``prior`` (a list of C floats, float64 values, or None before the first update) and ``updates``;
+    saved with each checkpoint through ``TrainerState.stateful_callbacks`` (:meth:`state`, so it is written
+    atomically with the checkpoint's ``trainer_state.json``) and restored when training resumes
+    (:meth:`on_train_begin`); the final prior goes to ``output_dir/label_prior.json``
+    (:data:`LABEL_PRIOR_FILE`).
+
+    Args:
+        beta: scale of the log prior in the training scores, ``> 0`` to use it.
+        warmup_steps: optimiser steps of plain CTC before the prior is used.
+        momentum: weight of the old prior in each update, in ``[0, 1)``.
+
+    Raises:
+        ValueError: naming the argument, for values outside those ranges.
+    """
+
+    def __init__(self, beta: float = 0.0, warmup_steps: int = 0, momentum: float = 0.9) -> None:
+        self.beta = _check_beta(beta)
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+        self.warmup_steps = warmup_steps
+        self.momentum = float(momentum)
+        self.prior: list[float] | None = None
+        self.updates = 0
+        self._pending: Tensor | None = None  # (C + 1,) float64: summed posteriors, then the frame count
+
+    # -- the math -------------------------------------------------------------------------------------
+
+    def log_prior(self, device: torch.device | str | None = None) -> Tensor | None:
+        """(C,) float64 log of the (floored) prior, or None before the first update."""
+        if self.prior is None:
+            return None
+        prior = torch.tensor(self.prior, dtype=torch.float64, device=device)
+        return prior.clamp_min(_PRIOR_FLOOR).log()
+
+    def active(self, step: int) -> bool:
+        """Whether the loss of optimiser step ``step + 1`` (``step`` completed steps) uses the prior."""
+        return self.beta > 0 and self.prior is not None and step >= self.warmup_steps
+
+    def accumulate(self, log_probs: Tensor, input_lengths: Tensor) -> None:
+        """Add a micro-batch's posteriors (no gradient): ``log_probs`` (T, B, C) float, ``input_lengths``
+        (B,) int64 frames of each utterance (padding frames past them are not counted)."""
+        with torch.no_grad():
+            frames = log_probs.shape[0]
+            valid = torch.arange(frames, device=log_probs.device).unsqueeze(1) < input_lengths.unsqueeze(0)
+            posts = log_probs.detach().double().exp().mul_(valid.unsqueeze(-1)).sum((0, 1))
+            step = torch.cat((posts, valid.sum().double().view(1)))
+            self._pending = step if self._pending is None else self._pending + step.to(self._pending.device)
+
+    def update(self) -> None:
+        """Fold the step's collected posteriors into the prior (all-reduced across processes first)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:
+                torch.distributed.all_reduce(pending)  # every process joins: they step in lockstep
+        sums, count = pending[:-1].cpu(), float(pending[-1])
+        if count <= 0:
+            return
+        mean = sums / count
+        if self.prior is not None and len(self.prior) != mean.numel():
+            raise ValueError(
+                f"label prior: the model has {mean.numel()} classes, the prior {len(self.prior)}"
+            )
+        if self.prior is not None:
+            mean = self.momentum * torch.tensor(self.prior, dtype=torch.float64) + (1 - self.momentum) * mean
+        self.prior = mean.tolist()
+        self.updates += 1
+
+    def scores(self, log_probs: Tensor, input_lengths: Tensor, step: int, training: bool) -> Tensor:
+        """The trainer's scores for a batch: collects its posteriors (in training) and applies the prior
+        once :meth:`active`. ``log_probs`` (T, B, C) float, ``input_lengths`` (B,) int64."""
+        if training:
+            self.accumulate(log_probs, input_lengths)
+        if not self.active(step):
+            return log_probs
+        return apply_label_prior(log_probs, self.log_prior(log_probs.device), self.beta)
+
+    # -- state ----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"prior": None if self.prior is None else list(self.prior), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        prior = state.get("prior")
+        self.prior = None if prior is None else [float(v) for v in prior]
+        self.updates = int(state.get("updates", 0))
+        self._pending = None
+
+    def state(self) -> dict[str, Any]:
+        """transformers' ``ExportableState``: what goes into a checkpoint's ``trainer_state.json``."""
+        args = {"beta": self.beta, "warmup_steps": self.warmup_steps, "momentum": self.momentum}
+        return {"args": args, "attributes": self.state_dict()}
+
+    # -- trainer callback -----------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # On resume, state is the checkpoint's trainer_state.json; on a fresh run it holds this object's
+        # own initial state. Either way, that is the prior to continue from.
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(saved, dict):
+            self.load_state_dict(saved.get("attributes", {}))
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.update()
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.prior is not None:
+            payload = {**self.state()["args"], **self.state_dict()}
+            atomic_write_text(Path(args.output_dir) / LABEL_PRIOR_FILE, json.dumps(payload, indent=1) + "\n")
+        return control
+
+
+def load_label_prior(model_dir: str | Path) -> Tensor | None:
+    """(C,) float64 log prior saved with a model: ``label_prior.json`` of a finished run, or the
+    ``LabelPrior`` state in a ``checkpoint-N``'s ``trainer_state.json``; None if the model has none."""
+    model_dir = Path(model_dir)
+    tracker = LabelPrior()
+    final = model_dir / LABEL_PRIOR_FILE
+    if final.is_file():
+        tracker.load_state_dict(json.loads(final.read_text(encoding="utf-8")))
+    elif (model_dir / "trainer_state.json").is_file():
+        state = json.loads((model_dir / "trainer_state.json").read_text(encoding="utf-8"))
+        saved = (state.get("stateful_callbacks") or {}).get(LabelPrior.__name__)
+        if not isinstance(saved, dict):
+            return None
+        tracker.load_state_dict(saved.get("attributes", {}))
+    return tracker.log_prior()
+
+
+def find_label_prior(trainer: Any) -> LabelPrior | None:
+    """The trainer's :class:`LabelPrior` callback (looked up each time: a resumed Trainer may replace it)."""
+    return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LabelPrior)), None)
+
+
+def install(trainer: Any) -> None:
+    """Register a :class:`LabelPrior` on ``trainer`` when its ``loss_config.label_prior_beta > 0``."""
+    cfg = trainer.loss_config
+    if cfg.label_prior_beta > 0 and find_label_prior(trainer) is None:
+        trainer.add_callback(
+            LabelPrior(cfg.label_prior_beta, cfg.label_prior_warmup_steps, cfg.label_prior_momentum)
+        )
+
+
+def training_scores(
+    trainer: Any, log_probs: Tensor, frame_lengths: Tensor, loss_fn: Any
+) -> tuple[Tensor, Any]:
+    """The trainer's hook: the scores and the loss function for one batch.
+
+    Args:
+        trainer: the :class:`asr_ctc.trainer.CTCTrainer` (its ``loss_config``, state and callbacks).
+        log_probs: (T, B, C) float32 log-probabilities.
+        frame_lengths: (B,) int64 frames per utterance.
+        loss_fn: the configured loss (``torch.nn.functional.ctc_loss`` calling convention).
+
+    Returns:
+        ``(scores, loss_fn)``: ``log_probs`` less ``beta * log prior`` once the prior is active, and
+        :func:`delay_penalty_ctc_loss` with the configured penalty when ``delay_penalty > 0``; both unchanged
+        (the same objects) when the knobs are 0.
+    """
+    prior = find_label_prior(trainer)
+    if prior is not None:
+        log_probs = prior.scores(log_probs, frame_lengths, trainer.state.global_step, trainer.model.training)
+    penalty = trainer.loss_config.delay_penalty
+    if penalty > 0:
+
+        def loss_fn(*args, **kwargs):
+            return delay_penalty_ctc_loss(*args, penalty=penalty, **kwargs)
+
+    return log_probs, loss_fn
+
+
+# -- delay penalty ----------------------------------------------------------------------------------------
+
+
+def _delay_lattice(
+    log_probs: Tensor,
+    targets: Tensor,
+    input_lengths: Tensor,
+    target_lengths: Tensor,
+    blank: int,
+    penalty: float,
+    maximum: bool = False,
+) -> Tensor:
+    """(B,) log-sum (or, with ``maximum``, the best) of the delay-penalised path scores, by the banded
+    forward recursion over the ``2 L_b + 1`` CTC states, in plain differentiable ops.
+
+    ``alpha_t(s) = e_t(s) + op(alpha_{t-1}(s), d_t(s) + op(alpha_{t-1}(s-1), skip(s) + alpha_{t-1}(s-2)))``
+    with ``op`` logaddexp (or max), ``e_t(s) = log_probs[t, b, ext[s]]``, ``d_t(s) = -penalty (t -
+    floor(T_b / 2))`` on label states (an onset: entered from another state) and 0 on blanks, ``skip(s)``
+    0 where ``s - 2 -> s`` is allowed (into a label that differs from label ``s - 2``). Padded inputs are
+    validated (:func:`asr_ctc.ctc._prepare`) by the caller. Below ``_DEAD``: no alignment.
+    """
+    frames, batch, _ = log_probs.shape
+    device, dtype = log_probs.device, log_probs.dtype
+    combine = torch.maximum if maximum else torch.logaddexp
+    ext, n_states = interleave_blanks(targets, target_lengths, blank, pad_value=blank)  # (B, S), (B,)
+    n_ext = ext.shape[1]
+    pos = torch.arange(n_ext, device=device)
+    live = pos < n_states.unsqueeze(1)
+    is_label = (pos % 2 == 1) & live
+    emit = log_probs.gather(2, ext.unsqueeze(0).expand(frames, -1, -1)).masked_fill(~live, _LOG_ZERO)
+    can_skip = torch.zeros_like(live)
+    can_skip[:, 2:] = (ext[:, 2:] != ext[:, :-2]) & is_label[:, 2:]
+    log_skip = torch.zeros(ext.shape, dtype=dtype, device=device).masked_fill(~can_skip, _LOG_ZERO)
+    centre = torch.div(input_lengths, 2, rounding_mode="floor")
+    offsets = torch.arange(frames, device=device).unsqueeze(1) - centre.unsqueeze(0)  # (T, B)
+    onset = (-penalty * offsets.to(dtype)).unsqueeze(-1) * is_label.to(dtype)  # (T, B, S)
+    pad1 = torch.full((batch, 1), _LOG_ZERO, dtype=dtype, device=device)
+    pad2 = torch.full((batch, 2), _LOG_ZERO, dtype=dtype, device=device)
+
+    # Frame 0: the first blank, or an onset of the first label.
+    alpha = torch.where(pos < 2, emit[0] + onset[0], torch.full_like(emit[0], _LOG_ZERO))
+    for t in range(1, frames):
+        one = torch.cat((pad1, alpha[:, :-1]), 1)
+        two = torch.cat((pad2, alpha[:, :-2]), 1) + log_skip
+        new = emit[t] + combine(alpha, onset[t] + combine(one, two))
+        alpha = torch.where((t < input_lengths).unsqueeze(1), new, alpha)  # frozen past T_b
+
+    last = (n_states - 1).unsqueeze(1)
+    end_label = alpha.gather(1, (last - 1).clamp_min(0)).squeeze(1)
+    end_label = end_label.masked_fill(target_lengths == 0, _LOG_ZERO)
+    score = combine(alpha.gather(1, last).squeeze(1), end_label)
+    # No frames: the empty alignment, probability 1 for an empty target and 0 otherwise.
+    no_frames = torch.where(target_lengths == 0, 0.0, _LOG_ZERO).to(dtype)
+    return torch.where(input_lengths > 0, score, no_frames)
+
+
+def delay_penalty_ctc_loss(
+    log_probs: Tensor,
+    targets: Tensor,
+    input_lengths: Tensor | Sequence[int] | int,
+    target_lengths: Tensor | Sequence[int] | int,
+    blank: int = 0,
+    reduction: str = "mean",
+    zero_infinity: bool = False,
+    penalty: float = 0.0,
+) -> Tensor:
+    """Delay-penalised CTC (Yao et al. 2023, arXiv 2305.11539; k2 ``ctc_loss(..., delay_penalty)``).
+
+    ``-log sum_paths exp(sum_t log_probs[t, path_t] - penalty * sum_onsets (t_onset - floor(T_b / 2)))``
+    over the CTC paths of each target, where an onset is a frame at which the path enters a label (from the
+    blank before it or from the previous label; repeated frames of one token are not onsets). See the
+    module docstring for why; ``penalty = 0`` is plain CTC (equal to :func:`asr_ctc.ctc_loss` to rounding).
+
+    Args: as :func:`asr_ctc.ctc_loss` (same shapes, dtypes, validation and reductions), and
+        penalty: ``lambda``, log-score per frame of onset delay, ``>= 0``.
+
+    Returns:
+        The loss as :func:`asr_ctc.ctc_loss` returns it (float32 for half input); ``inf`` without an
+        alignment (0, and zero gradient, with ``zero_infinity``). Its gradient comes from autograd through
+        the recursion (exact for any scores, normalised or not).
+
+    Raises:
+        ValueError: naming the argument, for anything :func:`asr_ctc.ctc_loss` rejects, or a negative or
+            non-finite ``penalty``.
+    """
+    penalty = _check_beta(penalty, "penalty")
+    lp, padded, il, tl, unbatched = _prepare(
+        log_probs, targets, input_lengths, target_lengths, blank, reduction
+    )
+    if lp.dtype in (torch.float16, torch.bfloat16):
+        lp = lp.float()
+    nll = -_delay_lattice(lp, padded, il, tl, blank, penalty)
+    dead = nll > -_DEAD
+    nll = torch.where(dead, 0.0 if zero_infinity else math.inf, nll)
+    if reduction == "sum":
+        return nll.sum()
+    if reduction == "mean":
+        return (nll / tl.clamp_min(1).to(nll.dtype)).mean()
+    return nll.squeeze(0) if unbatched else nll
