@@ -168,6 +168,14 @@ def inference_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--plot", type=int, default=0, metavar="N", help="alignment plots of N utterances")
     parser.add_argument(
+        "--label-prior",
+        type=float,
+        default=0.0,
+        metavar="BETA",
+        help="align (--timestamps, --plot) on log p - BETA * log prior, the label prior saved by training "
+        "with loss.label_prior_beta (use the same BETA); 0 = off (default)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. decoding.beam_size=50"
     )
     args = parser.parse_args(argv)
@@ -203,6 +211,7 @@ def inference_main(argv: list[str] | None = None) -> int:
             timestamps=args.timestamps,
             plot=args.plot,
             num_workers=args.num_workers,
+            label_prior_beta=args.label_prior,
         )
     except (ConfigError, EmptyDatasetError, ValueError, OSError) as exc:
         return _fail(exc)

@@ -48,6 +48,7 @@ from .decode import (
 from .fileio import atomic_write_text
 from .lm import LM_DIR
 from .modeling import frame_lengths, samples_per_frame
+from .variants.timing import alignment_log_prior, apply_label_prior
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ def run_inference(
     timestamps: bool = False,
     plot: int = 0,
     num_workers: int = 0,
+    label_prior_beta: float = 0.0,
 ) -> InferenceResult:
     """Decode and score one split (or transcribe ``audio`` files/folders); writes ``transcripts.tsv`` and
     ``summary.json`` (plus ``words.json``/``*.ctm`` with ``timestamps``, ``plots/`` with ``plot``) into
@@ -213,11 +215,14 @@ def run_inference(
             ``lm/tuned.json`` beside the model, where later runs find them.
         tune_utterances: how many eval utterances (the first ones) ``tune_lm`` decodes per grid point.
         device: ``cuda`` when available, else ``cpu``, unless given.
+        label_prior_beta: force-align (timestamps, plots) on ``log p - beta * log prior`` with the label
+            prior saved with the model (:mod:`asr_ctc.variants.timing`); 0 = the plain log-probs.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ValueError(f"--model: not a directory: {model_dir}")
     run_dir = find_run_dir(model_dir)
+    align_prior = alignment_log_prior(model_dir, label_prior_beta)
     if cfg is None:
         cfg = load_run_config(model_dir, None, [])
     opts = decoding or (cfg.decoding if cfg is not None else DecodingConfig())
@@ -279,13 +284,17 @@ def run_inference(
             for i, text in zip(idx, texts, strict=True):
                 hyps[i] = text
         if timestamps or plotted < plot:
+            # Label-prior CTC aligns on the scores it was trained on; the plots still show posteriors.
+            scores = log_probs
+            if align_prior is not None:
+                scores = apply_label_prior(log_probs, align_prior, label_prior_beta)
             hyp_ids = [tokenizer(hyps[i]).input_ids if hyps[i] else [] for i in idx]
-            aligned = _timestamps(log_probs, lengths, hyp_ids, blank, delimiter, id_to_token, spf)
+            aligned = _timestamps(scores, lengths, hyp_ids, blank, delimiter, id_to_token, spf)
             refs = None
             if has_refs:
                 # The batch already holds the references' labels (-100 padded): no second audio decode.
                 refs = _timestamps(
-                    log_probs,
+                    scores,
                     lengths,
                     [row[row != IGNORE_INDEX].tolist() for row in batch["labels"]],
                     blank,
@@ -339,6 +348,8 @@ def run_inference(
         summary["lm_tuning"] = tuned
     if plot:
         summary["plots"] = str(out / "plots")
+    if align_prior is not None:
+        summary["alignment_label_prior_beta"] = label_prior_beta
     tsv_path, json_path = out / "transcripts.tsv", out / "summary.json"
     atomic_write_text(tsv_path, _transcripts_tsv(ids, refs_text if has_refs else None, hyps, greedy))
     if timestamps:

@@ -48,6 +48,7 @@ from asr_ctc.fileio import atomic_write_text
 __all__ = [
     "LABEL_PRIOR_FILE",
     "LabelPrior",
+    "alignment_log_prior",
     "apply_label_prior",
     "delay_penalty_ctc_loss",
     "load_label_prior",
@@ -243,6 +244,25 @@ def load_label_prior(model_dir: str | Path) -> Tensor | None:
             return None
         tracker.load_state_dict(saved.get("attributes", {}))
     return tracker.log_prior()
+
+
+def alignment_log_prior(model_dir: str | Path, beta: float) -> Tensor | None:
+    """The (C,) float64 log prior that forced alignment subtracts (``beta`` times) for a model trained with
+    label priors; None for ``beta = 0`` (plain alignment).
+
+    Raises:
+        ValueError: ``beta`` negative or not finite, or ``beta > 0`` and the model has no saved prior.
+    """
+    beta = _check_beta(beta, "--label-prior")
+    if beta == 0:
+        return None
+    prior = load_label_prior(model_dir)
+    if prior is None:
+        raise ValueError(
+            f"--label-prior: {model_dir} has no label prior (neither {LABEL_PRIOR_FILE} nor one in "
+            "trainer_state.json); one is saved by training with loss.label_prior_beta > 0"
+        )
+    return prior
 
 
 def find_label_prior(trainer: Any) -> LabelPrior | None:
