@@ -463,3 +463,34 @@ def test_two_processes_match_one_process_with_the_prior_on(tiny_corpus, tmp_path
     assert len(one) == len(two) == 3 and one_prior["updates"] == two_prior["updates"] == 3
     np.testing.assert_allclose(two, one, rtol=1e-4)
     np.testing.assert_allclose(two_prior["prior"], one_prior["prior"], rtol=1e-5)
+
+
+def test_finetune_with_priors_then_align_with_them(tiny_corpus, tmp_path, capsys):
+    """The whole path on the tiny corpus: a run with label priors and the delay penalty saves its prior;
+    inference --timestamps --label-prior aligns with it, from the final model and from a checkpoint."""
+    from asr_ctc.cli import inference_main
+    from asr_ctc.finetune import run_finetune
+
+    out = tmp_path / "run"
+    raw = tiny_run_config(tiny_corpus, out, max_steps=12, eval_strategy="no", save_steps=6)
+    raw["loss"].update(label_prior_beta=0.3, label_prior_warmup_steps=4, delay_penalty=0.01)
+    run_finetune(config_from_dict(raw))
+    saved = json.loads((out / LABEL_PRIOR_FILE).read_text())
+    assert saved["updates"] == 12 and len(saved["prior"]) == len(json.loads((out / "vocab.json").read_text()))
+    assert sum(saved["prior"]) == pytest.approx(1.0, abs=1e-6)  # an average of (float32) distributions
+    for model in (out, out / "checkpoint-6"):
+        dest = tmp_path / f"inf_{model.name}"
+        code = inference_main(
+            ["--model", str(model), "--output-dir", str(dest), "--timestamps", "--label-prior", "0.3"]
+        )
+        assert code == 0
+        assert json.loads((dest / "summary.json").read_text())["alignment_label_prior_beta"] == 0.3
+        assert (dest / "words.json").is_file()
+    # A model trained without priors has none to align with; a bad BETA is one error line, exit code 2.
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match="--label-prior: .* has no label prior"):
+        timing.alignment_log_prior(tmp_path / "plain", 0.3)
+    assert timing.alignment_log_prior(tmp_path / "plain", 0.0) is None
+    capsys.readouterr()
+    assert inference_main(["--model", str(out), "--label-prior", "-1"]) == 2
+    assert "error: --label-prior must be a finite number >= 0" in capsys.readouterr().err
