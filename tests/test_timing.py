@@ -494,3 +494,24 @@ def test_finetune_with_priors_then_align_with_them(tiny_corpus, tmp_path, capsys
     capsys.readouterr()
     assert inference_main(["--model", str(out), "--label-prior", "-1"]) == 2
     assert "error: --label-prior must be a finite number >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_delay_penalty_analytic_gradient_equals_autograd_through_the_plain_recursion(dtype):
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(30, 5, 7, generator=gen, dtype=torch.float64)
+    targets = torch.tensor([[1, 2, 2, 3, 6, 6], [4, 4, 4, 0, 0, 0], [5, 1, 0, 0, 0, 0], [2] * 6, [0] * 6])
+    lengths, target_lengths = torch.tensor([30, 17, 4, 9, 1]), torch.tensor([6, 3, 2, 6, 0])
+    x = logits.to(dtype).requires_grad_(True)
+    ours = delay_penalty_ctc_loss(
+        x.log_softmax(-1), targets, lengths, target_lengths, reduction="none", penalty=0.3
+    )
+    (grad,) = torch.autograd.grad(ours.sum(), x)
+    y = logits.clone().requires_grad_(True)
+    reference = -_delay_lattice(y.log_softmax(-1), targets, lengths, target_lengths, 0, 0.3)
+    reference = torch.where(reference > 1e29, math.inf, reference)  # "2 2 2 2 2 2" has no alignment in 9
+    (expected,) = torch.autograd.grad(torch.where(reference.isinf(), 0.0, reference).sum(), y)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    assert ours[3] == math.inf
+    torch.testing.assert_close(ours.double(), reference, **tol)
+    torch.testing.assert_close(grad.double(), expected, **tol)

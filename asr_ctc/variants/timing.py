@@ -42,7 +42,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from asr_ctc.ctc import _prepare
-from asr_ctc.ctc_states import interleave_blanks
+from asr_ctc.ctc_states import interleave_blanks, states_to_classes
 from asr_ctc.fileio import atomic_write_text
 
 __all__ = [
@@ -310,6 +310,50 @@ def training_scores(
 # -- delay penalty ----------------------------------------------------------------------------------------
 
 
+class _DelayLattice:
+    """The delay-penalised lattice of a validated batch: per-state emissions, skips and onset scores.
+
+    Attributes:
+        emit: (T, B, S) float, ``log_probs[t, b, ext[b, s]]``; "log 0" on states past ``2 L_b + 1``.
+        onset: (T, B, S) float, ``-penalty * (t - floor(T_b / 2))`` on label states, 0 on blanks.
+        log_skip: (B, S) float, 0 where ``s - 2 -> s`` is allowed (into a label that differs from label
+            ``s - 2``), "log 0" elsewhere.
+        ext: (B, S) int64 class of each state; n_states: (B,) int64, ``2 L_b + 1``.
+    """
+
+    def __init__(self, log_probs, targets, input_lengths, target_lengths, blank, penalty):
+        frames = log_probs.shape[0]
+        device, dtype = log_probs.device, log_probs.dtype
+        self.ext, self.n_states = interleave_blanks(targets, target_lengths, blank, pad_value=blank)
+        pos = torch.arange(self.ext.shape[1], device=device)
+        self.live = pos < self.n_states.unsqueeze(1)
+        is_label = (pos % 2 == 1) & self.live
+        self.emit = log_probs.gather(2, self.ext.unsqueeze(0).expand(frames, -1, -1))
+        self.emit = self.emit.masked_fill(~self.live, _LOG_ZERO)
+        can_skip = torch.zeros_like(self.live)
+        can_skip[:, 2:] = (self.ext[:, 2:] != self.ext[:, :-2]) & is_label[:, 2:]
+        self.log_skip = torch.zeros(self.ext.shape, dtype=dtype, device=device).masked_fill(
+            ~can_skip, _LOG_ZERO
+        )
+        centre = torch.div(input_lengths, 2, rounding_mode="floor")
+        offsets = torch.arange(frames, device=device).unsqueeze(1) - centre.unsqueeze(0)  # (T, B)
+        self.onset = (-penalty * offsets.to(dtype)).unsqueeze(-1) * is_label.to(dtype)
+        self.first = pos < 2  # frame 0: the first blank, or an onset of the first label
+
+    def ends(self, alpha, target_lengths, combine):
+        """(B,) combined score of the two final states (the closing blank and, if any, the last label)."""
+        last = (self.n_states - 1).unsqueeze(1)
+        end_label = alpha.gather(1, (last - 1).clamp_min(0)).squeeze(1)
+        end_label = end_label.masked_fill(target_lengths == 0, _LOG_ZERO)
+        return combine(alpha.gather(1, last).squeeze(1), end_label)
+
+
+def _no_frames(score, input_lengths, target_lengths):
+    """No frames: the empty alignment, probability 1 for an empty target and 0 otherwise."""
+    empty = torch.where(target_lengths == 0, 0.0, _LOG_ZERO).to(score.dtype)
+    return torch.where(input_lengths > 0, score, empty)
+
+
 def _delay_lattice(
     log_probs: Tensor,
     targets: Tensor,
@@ -320,47 +364,113 @@ def _delay_lattice(
     maximum: bool = False,
 ) -> Tensor:
     """(B,) log-sum (or, with ``maximum``, the best) of the delay-penalised path scores, by the banded
-    forward recursion over the ``2 L_b + 1`` CTC states, in plain differentiable ops.
+    forward recursion in plain differentiable ops: the reference that :class:`_DelayCTC` is tested against,
+    and the Viterbi score (``maximum``) whose gradient is the best path.
 
     ``alpha_t(s) = e_t(s) + op(alpha_{t-1}(s), d_t(s) + op(alpha_{t-1}(s-1), skip(s) + alpha_{t-1}(s-2)))``
-    with ``op`` logaddexp (or max), ``e_t(s) = log_probs[t, b, ext[s]]``, ``d_t(s) = -penalty (t -
-    floor(T_b / 2))`` on label states (an onset: entered from another state) and 0 on blanks, ``skip(s)``
-    0 where ``s - 2 -> s`` is allowed (into a label that differs from label ``s - 2``). Padded inputs are
-    validated (:func:`asr_ctc.ctc._prepare`) by the caller. Below ``_DEAD``: no alignment.
+    with ``op`` logaddexp (or max) and the terms of :class:`_DelayLattice` (``d`` its onset scores).
+    Arguments validated by :func:`asr_ctc.ctc._prepare`; a score below ``_DEAD``: no alignment.
     """
-    frames, batch, _ = log_probs.shape
-    device, dtype = log_probs.device, log_probs.dtype
     combine = torch.maximum if maximum else torch.logaddexp
-    ext, n_states = interleave_blanks(targets, target_lengths, blank, pad_value=blank)  # (B, S), (B,)
-    n_ext = ext.shape[1]
-    pos = torch.arange(n_ext, device=device)
-    live = pos < n_states.unsqueeze(1)
-    is_label = (pos % 2 == 1) & live
-    emit = log_probs.gather(2, ext.unsqueeze(0).expand(frames, -1, -1)).masked_fill(~live, _LOG_ZERO)
-    can_skip = torch.zeros_like(live)
-    can_skip[:, 2:] = (ext[:, 2:] != ext[:, :-2]) & is_label[:, 2:]
-    log_skip = torch.zeros(ext.shape, dtype=dtype, device=device).masked_fill(~can_skip, _LOG_ZERO)
-    centre = torch.div(input_lengths, 2, rounding_mode="floor")
-    offsets = torch.arange(frames, device=device).unsqueeze(1) - centre.unsqueeze(0)  # (T, B)
-    onset = (-penalty * offsets.to(dtype)).unsqueeze(-1) * is_label.to(dtype)  # (T, B, S)
-    pad1 = torch.full((batch, 1), _LOG_ZERO, dtype=dtype, device=device)
-    pad2 = torch.full((batch, 2), _LOG_ZERO, dtype=dtype, device=device)
-
-    # Frame 0: the first blank, or an onset of the first label.
-    alpha = torch.where(pos < 2, emit[0] + onset[0], torch.full_like(emit[0], _LOG_ZERO))
-    for t in range(1, frames):
+    lat = _DelayLattice(log_probs, targets, input_lengths, target_lengths, blank, penalty)
+    batch = log_probs.shape[1]
+    pad1 = torch.full((batch, 1), _LOG_ZERO, dtype=log_probs.dtype, device=log_probs.device)
+    pad2 = torch.full((batch, 2), _LOG_ZERO, dtype=log_probs.dtype, device=log_probs.device)
+    alpha = torch.where(lat.first, lat.emit[0] + lat.onset[0], torch.full_like(lat.emit[0], _LOG_ZERO))
+    for t in range(1, log_probs.shape[0]):
         one = torch.cat((pad1, alpha[:, :-1]), 1)
-        two = torch.cat((pad2, alpha[:, :-2]), 1) + log_skip
-        new = emit[t] + combine(alpha, onset[t] + combine(one, two))
+        two = torch.cat((pad2, alpha[:, :-2]), 1) + lat.log_skip
+        new = lat.emit[t] + combine(alpha, lat.onset[t] + combine(one, two))
         alpha = torch.where((t < input_lengths).unsqueeze(1), new, alpha)  # frozen past T_b
+    return _no_frames(lat.ends(alpha, target_lengths, combine), input_lengths, target_lengths)
 
-    last = (n_states - 1).unsqueeze(1)
-    end_label = alpha.gather(1, (last - 1).clamp_min(0)).squeeze(1)
-    end_label = end_label.masked_fill(target_lengths == 0, _LOG_ZERO)
-    score = combine(alpha.gather(1, last).squeeze(1), end_label)
-    # No frames: the empty alignment, probability 1 for an empty target and 0 otherwise.
-    no_frames = torch.where(target_lengths == 0, 0.0, _LOG_ZERO).to(dtype)
-    return torch.where(input_lengths > 0, score, no_frames)
+
+class _DelayCTC(torch.autograd.Function):
+    """log Z of the delay-penalised lattice, with the analytic gradient ``d log Z / d log_probs[t, b, c] =
+    sum_{s: ext[s] = c} gamma_t(s)``, ``gamma_t(s) = exp(alpha_t(s) + beta_t(s) - log Z)`` the state
+    posteriors (the onset scores are constants, so they only shape alpha and beta). The recursions run
+    without autograd on preallocated rows (about 5x faster than autograd through :func:`_delay_lattice`).
+
+    ``beta_t(s) = op_{s' in {s, s+1, s+2}} (w(s -> s') + e_{t+1}(s') + beta_{t+1}(s'))`` with ``w`` 0 for a
+    stay, ``d_{t+1}(s')`` for a move into a label and ``d_{t+1}(s') + skip(s')`` for a skip;
+    ``beta_{T_b - 1}`` is 0 on the two final states and "log 0" elsewhere.
+    """
+
+    @staticmethod
+    def forward(ctx, log_probs, targets, input_lengths, target_lengths, blank, penalty):
+        lp = log_probs.detach()
+        frames, batch, n_classes = lp.shape
+        dtype, device = lp.dtype, lp.device
+        lat = _DelayLattice(lp, targets, input_lengths, target_lengths, blank, penalty)
+        n_ext = lat.ext.shape[1]
+        running = (torch.arange(frames, device=device).unsqueeze(1) < input_lengths).unsqueeze(-1)  # (T,B,1)
+        # alpha rows with two leading "log 0" columns, so that s-1 and s-2 are views.
+        alpha = torch.full((frames, batch, n_ext + 2), _LOG_ZERO, dtype=dtype, device=device)
+        alpha[0, :, 2:] = torch.where(lat.first, lat.emit[0] + lat.onset[0], _LOG_ZERO)
+        tmp = torch.empty((batch, n_ext), dtype=dtype, device=device)
+        shortest = int(input_lengths.min()) if batch else frames
+        # Views made up front (a step is then five ops and little Python): rows, and their s-2, s-1, s.
+        rows, onset, emit, log_skip = alpha.unbind(0), lat.onset.unbind(0), lat.emit.unbind(0), lat.log_skip
+        add, logaddexp = torch.add, torch.logaddexp
+        for t in range(1, frames):
+            prev, cur = rows[t - 1], rows[t][:, 2:]
+            add(prev[:, :-2], log_skip, out=tmp)
+            logaddexp(prev[:, 1:-1], tmp, out=tmp)
+            tmp.add_(onset[t])
+            logaddexp(prev[:, 2:], tmp, out=cur)
+            cur.add_(emit[t])
+            if t >= shortest:  # some utterance has ended: its row stays frozen
+                torch.where(running[t], cur, prev[:, 2:], out=cur)
+        alpha = alpha[:, :, 2:]
+        log_z = _no_frames(
+            lat.ends(alpha[-1], target_lengths, torch.logaddexp), input_lengths, target_lengths
+        )
+        gamma = None
+        if ctx.needs_input_grad[0]:
+            gamma = _DelayCTC._posteriors(lat, alpha, log_z, running, input_lengths, target_lengths)
+            gamma = states_to_classes(gamma, lat.ext.unsqueeze(0), n_classes)
+        ctx.save_for_backward(gamma)
+        return log_z
+
+    @staticmethod
+    def _posteriors(lat, alpha, log_z, running, input_lengths, target_lengths):
+        frames, batch, n_ext = alpha.shape
+        dtype, device = alpha.dtype, alpha.device
+        last = (lat.n_states - 1).unsqueeze(1)
+        pos = torch.arange(n_ext, device=device)
+        final = (pos == last) | ((pos == last - 1) & (target_lengths > 0).unsqueeze(1))
+        init = torch.zeros((batch, n_ext), dtype=dtype, device=device).masked_fill(~final, _LOG_ZERO)
+        # Successor terms of state s, shifted so that index s holds state s+1 (onset) and s+2 (onset + skip).
+        move1 = torch.full_like(lat.onset, _LOG_ZERO)
+        move1[:, :, :-1] = lat.onset[:, :, 1:]
+        move2 = torch.full_like(lat.onset, _LOG_ZERO)
+        move2[:, :, :-2] = lat.onset[:, :, 2:] + lat.log_skip[:, 2:]
+        beta = torch.empty_like(alpha)
+        beta[-1] = init
+        # g = e_{t+1} + beta_{t+1}, with two trailing "log 0" columns so that s+1 and s+2 are views.
+        g = torch.full((batch, n_ext + 2), _LOG_ZERO, dtype=dtype, device=device)
+        tmp, tmp1 = torch.empty((2, batch, n_ext), dtype=dtype, device=device)
+        before_last = (torch.arange(frames, device=device).unsqueeze(1) < input_lengths - 1).unsqueeze(-1)
+        shortest = int(input_lengths.min()) if batch else frames
+        rows, emit, move1, move2 = beta.unbind(0), lat.emit.unbind(0), move1.unbind(0), move2.unbind(0)
+        g_here, g_one, g_two = g[:, :n_ext], g[:, 1:-1], g[:, 2:]
+        add, logaddexp = torch.add, torch.logaddexp
+        for t in range(frames - 2, -1, -1):
+            add(emit[t + 1], rows[t + 1], out=g_here)
+            add(g_two, move2[t + 1], out=tmp)
+            add(g_one, move1[t + 1], out=tmp1)
+            logaddexp(tmp1, tmp, out=tmp)
+            logaddexp(g_here, tmp, out=rows[t])
+            if t >= shortest - 1:  # an utterance whose last frame is t or earlier starts (again) at init
+                torch.where(before_last[t], rows[t], init, out=rows[t])
+        gamma = (alpha + beta - log_z.view(1, -1, 1)).exp_().mul_(running)
+        # No alignment (or no frames): no gradient, as with zero_infinity (the loss says inf).
+        return gamma.masked_fill_((log_z < _DEAD).view(1, -1, 1), 0.0)
+
+    @staticmethod
+    def backward(ctx, grad_log_z):
+        (gamma,) = ctx.saved_tensors
+        return gamma * grad_log_z.to(gamma.dtype).view(1, -1, 1), None, None, None, None, None
 
 
 def delay_penalty_ctc_loss(
@@ -398,7 +508,7 @@ def delay_penalty_ctc_loss(
     )
     if lp.dtype in (torch.float16, torch.bfloat16):
         lp = lp.float()
-    nll = -_delay_lattice(lp, padded, il, tl, blank, penalty)
+    nll = -_DelayCTC.apply(lp, padded, il, tl, blank, penalty)
     dead = nll > -_DEAD
     nll = torch.where(dead, 0.0 if zero_infinity else math.inf, nll)
     if reduction == "sum":
