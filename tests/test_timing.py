@@ -6,8 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ import torch.nn.functional as F
 import yaml
 from helpers import random_dataset, tiny_model_config, tiny_run_config
 from test_ctc import brute_force_nll
-from test_distributed import LAUNCHERS, REPO
+from test_distributed import _losses as _distributed_losses
 from transformers import TrainingArguments
 
 from asr_ctc.align import forced_align
@@ -428,22 +426,6 @@ def test_resume_restores_the_prior_exactly(tiny_processor, tmp_path):
     assert find_label_prior(resumed_trainer).updates == 4
 
 
-def _finetune(launcher, cfg_path, out, batch):
-    cmd = [
-        *LAUNCHERS[launcher],
-        "scripts/finetune.py",
-        "--config",
-        str(cfg_path),
-        f"output_dir={out}",
-        f"training.per_device_train_batch_size={batch}",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
-    history = json.loads((out / "log_history.json").read_text())
-    return [e["loss"] for e in history if "loss" in e], json.loads((out / LABEL_PRIOR_FILE).read_text())
-
-
 def test_two_processes_match_one_process_with_the_prior_on(tiny_corpus, tmp_path):
     # The prior's sums are all-reduced: 4 + 4 utterances on two processes give the prior (and the losses)
     # of 8 on one.
@@ -458,8 +440,9 @@ def test_two_processes_match_one_process_with_the_prior_on(tiny_corpus, tmp_path
     cfg["loss"].update(label_prior_beta=0.5, label_prior_momentum=0.5, label_prior_warmup_steps=1)
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    one, one_prior = _finetune("single", cfg_path, tmp_path / "one", 8)
-    two, two_prior = _finetune("torchrun", cfg_path, tmp_path / "two", 4)
+    one = _distributed_losses("single", cfg_path, tmp_path / "one", 8, "custom", "mean")
+    two = _distributed_losses("torchrun", cfg_path, tmp_path / "two", 4, "custom", "mean")
+    one_prior, two_prior = (json.loads((tmp_path / d / LABEL_PRIOR_FILE).read_text()) for d in ("one", "two"))
     assert len(one) == len(two) == 3 and one_prior["updates"] == two_prior["updates"] == 3
     np.testing.assert_allclose(two, one, rtol=1e-4)
     np.testing.assert_allclose(two_prior["prior"], one_prior["prior"], rtol=1e-5)

@@ -495,8 +495,8 @@ def delay_penalty_ctc_loss(
 
     Returns:
         The loss as :func:`asr_ctc.ctc_loss` returns it (float32 for half input); ``inf`` without an
-        alignment (0, and zero gradient, with ``zero_infinity``). Its gradient comes from autograd through
-        the recursion (exact for any scores, normalised or not).
+        alignment (0, and zero gradient, with ``zero_infinity``). Its gradient is the analytic one of
+        :class:`_DelayCTC` (exact for any scores, normalised or not).
 
     Raises:
         ValueError: naming the argument, for anything :func:`asr_ctc.ctc_loss` rejects, or a negative or
