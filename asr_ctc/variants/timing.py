@@ -6,7 +6,7 @@ plain CTC at a knob of 0 (the trainer then does not call them at all).
 **Label priors** (Huang et al., "Less Peaky and More Accurate CTC Forced Alignment by Label Priors", ICASSP
 2024, arXiv 2406.02560; the theory in Zeyer et al., "Why does CTC result in peaky behavior?", 2021). The
 loss is CTC on the scores ``log p_t(k) - beta * log P(k)``, ``P`` the label prior: the average of the model's
-own frame posteriors. A path's score is then divided by ``P(blank)^(beta n_blank) * prod P(label)^beta``: the
+own frame posteriors. A path's probability is then divided by ``P(pi_t)^beta`` at every frame ``t``: the
 blank, by far the most frequent class, is discounted, so paths with fewer blanks (tokens held for more
 frames) gain. The scores no longer sum to one over ``k``, so the gradient must be the true derivative of the
 lattice's log-sum with respect to each score: :func:`asr_ctc.ctc_loss` computes exactly that;
@@ -24,8 +24,9 @@ repeated frame of the same token), adds ``-lambda * (t - floor(T_b / 2))`` to th
 for every path of an utterance (each has exactly ``L_b`` onsets), so it only shifts the loss value by
 ``lambda * L_b * floor(T_b / 2)`` and leaves the gradient and the best path alone (it keeps the loss near
 plain CTC's, as in k2). Because it scores a *transition*, not a frame's class, it cannot be a change of the
-``(T, B, C)`` scores; :func:`delay_penalty_ctc_loss` runs its own banded log-space forward recursion on the
-CTC states (:func:`asr_ctc.ctc_states.interleave_blanks`) and lets autograd differentiate it.
+``(T, B, C)`` scores; :func:`delay_penalty_ctc_loss` runs its own banded log-space forward-backward on the
+CTC states (:func:`asr_ctc.ctc_states.interleave_blanks`) with the analytic gradient (:class:`_DelayCTC`),
+checked against autograd through a plain-ops version of the recursion (:func:`_delay_lattice`).
 """
 
 from __future__ import annotations
