@@ -186,6 +186,14 @@ def inference_main(argv: list[str] | None = None) -> int:
         "--plot", type=int, default=0, metavar="N", help="alignment plots of the first N utterances"
     )
     parser.add_argument(
+        "--label-prior",
+        type=float,
+        default=0.0,
+        metavar="BETA",
+        help="align (--timestamps, --plot) on log p - BETA * log prior, the label prior saved by training "
+        "with loss.label_prior_beta (use the same BETA); 0 = off (default)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. decoding.beam_size=50"
     )
     args = parser.parse_args(argv)
@@ -220,6 +228,7 @@ def inference_main(argv: list[str] | None = None) -> int:
             tune_utterances=args.tune_utterances,
             timestamps=args.timestamps,
             plot=args.plot,
+            label_prior_beta=args.label_prior,
         )
         result = run_inference(args.model, cfg, options)
     except (ConfigError, EmptyDatasetError, ValueError, OSError) as exc:

@@ -295,6 +295,29 @@ class LossConfig:
             "(0 = off)"
         },
     )
+    # -- timing variants (asr_ctc.variants.timing, docs/timestamps-training.md): 0 = plain CTC exactly --
+    label_prior_beta: float = field(
+        default=0.0,
+        metadata={
+            "help": "label-prior CTC (Huang et al. 2024): train on log p_t(k) - beta * log prior(k), the "
+            "prior a running average of the model's frame posteriors; 0 = off (needs impl custom)"
+        },
+    )
+    label_prior_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "optimiser steps of plain CTC before the label prior is used (collected anyway)"},
+    )
+    label_prior_momentum: float = field(
+        default=0.9,
+        metadata={"help": "weight of the old prior in each step's update of the running average, in [0, 1)"},
+    )
+    delay_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "delay-penalised CTC (Yao et al. 2023, k2): each token onset at frame t adds "
+            "-lambda * (t - T // 2) to the path score; 0 = off (needs impl custom)"
+        },
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -309,6 +332,47 @@ class LossConfig:
             raise ValueError(
                 "reduction: token_mean needs impl custom, torch or reference "
                 "(the model's builtin loss only knows mean and sum)"
+            )
+        self._check_timing()
+
+    def _check_timing(self) -> None:
+        """The label-prior and delay-penalty knobs (see their help)."""
+        for name in ("label_prior_beta", "delay_penalty"):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        steps = self.label_prior_warmup_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"label_prior_warmup_steps: expected an int >= 0, got {steps!r}")
+        momentum = self.label_prior_momentum
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+            raise ValueError(f"label_prior_momentum: expected a number in [0, 1), got {momentum!r}")
+        if self.delay_penalty > 0:
+            lattice = [key for key in ("max_entropy", "wildcard_weight", "star_weight") if getattr(self, key)]
+            if lattice:
+                raise ValueError(
+                    f"delay_penalty: runs its own lattice and cannot be combined with {', '.join(lattice)}"
+                )
+        if self.impl == "custom":
+            return
+        if self.label_prior_beta > 0:
+            why = {
+                # The honest choice: torch's loss would train silently on a wrong gradient.
+                "torch": "torch.nn.functional.ctc_loss's backward assumes normalised log-probs (it returns "
+                "exp(log_probs) - posteriors, pytorch#122243, #52241), so its gradient on prior-scaled "
+                "scores is wrong",
+                "builtin": "the model's builtin loss only sees its own log-softmax",
+                "reference": "the reference port renormalises its input with a softmax",
+            }[self.impl]
+            raise ValueError(
+                f"impl: {self.impl} cannot train with label_prior_beta > 0: {why}; use impl custom "
+                "(asr_ctc.ctc_loss, exact for any scores)"
+            )
+        if self.delay_penalty > 0:
+            raise ValueError(
+                f"impl: delay_penalty > 0 runs its own lattice (asr_ctc.variants.timing), not impl "
+                f"{self.impl}; use impl custom"
             )
 
     def _check_variants(self) -> None:

@@ -48,6 +48,7 @@ from .decode import (
 from .fileio import atomic_write_text
 from .lm import LM_DIR
 from .modeling import frame_lengths, samples_per_frame
+from .variants.timing import alignment_log_prior, apply_label_prior
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class InferenceOptions:
         tune_utterances: how many eval utterances (the first ones) ``tune_lm`` decodes per grid point.
         timestamps: write word timings (``words.json``, ``hypothesis.ctm``/``reference.ctm``).
         plot: alignment plots of this many utterances (into ``plots/``).
+        label_prior_beta: force-align (timestamps, plots) on ``log p - beta * log prior`` with the label
+            prior saved with the model (:mod:`asr_ctc.variants.timing`); 0 = the plain log-probs.
     """
 
     split: str = "test"
@@ -103,6 +106,7 @@ class InferenceOptions:
     tune_utterances: int = 500
     timestamps: bool = False
     plot: int = 0
+    label_prior_beta: float = 0.0
 
 
 def run_inference(
@@ -179,6 +183,7 @@ class _Job:
     opts: InferenceOptions
     name: str
     out: Path
+    align_prior: torch.Tensor | None = None
 
 
 def _prepare_job(model_dir: Path, cfg: ExperimentConfig | None, opts: InferenceOptions) -> _Job:
@@ -200,7 +205,8 @@ def _prepare_job(model_dir: Path, cfg: ExperimentConfig | None, opts: InferenceO
     data_cfg = cfg.data if cfg is not None else DataConfig()
     name = "audio" if opts.audio else Path(opts.manifest).stem if opts.manifest else opts.split
     out = Path(opts.output_dir) if opts.output_dir else model_dir / f"inference_{name}"
-    return _Job(model_dir, run_dir, cfg, data_cfg, decoding, device, opts, name, out)
+    align_prior = alignment_log_prior(model_dir, opts.label_prior_beta)
+    return _Job(model_dir, run_dir, cfg, data_cfg, decoding, device, opts, name, out, align_prior)
 
 
 def _load_model(job: _Job) -> tuple[Any, Wav2Vec2Processor]:
@@ -316,7 +322,11 @@ def _decode_all(job: _Job, model, processor, data: _Data, decoder) -> _Decoded:
         # Batches come longest first: the plots are of the first utterances as given, wherever they fall.
         to_plot = [row for row, i in enumerate(idx) if i < opts.plot]
         if opts.timestamps or to_plot:
-            aligned = _align_batch(decoded, idx, batch, log_probs, lengths, tokenizer, vocab, data.has_refs)
+            # Label-prior CTC aligns on the scores it was trained on; the plots still show posteriors.
+            scores = log_probs
+            if job.align_prior is not None:
+                scores = apply_label_prior(log_probs, job.align_prior, opts.label_prior_beta)
+            aligned = _align_batch(decoded, idx, batch, scores, lengths, tokenizer, vocab, data.has_refs)
             for row in to_plot:
                 if aligned[row] is None:
                     uid = data.dataset.ids[idx[row]]
@@ -408,6 +418,8 @@ def _summary(job: _Job, data: _Data, decoded: _Decoded, weights, tuned) -> dict[
         summary["lm_tuning"] = tuned
     if opts.plot:
         summary["plots"] = str(job.out / "plots")
+    if job.align_prior is not None:
+        summary["alignment_label_prior_beta"] = job.opts.label_prior_beta
     return summary
 
 

@@ -19,7 +19,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from .config import LossConfig
 from .data.collator import IGNORE_INDEX
 from .modeling import frame_lengths
-from .variants import per_utterance_loss
+from .variants import per_utterance_loss, timing
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,6 +77,7 @@ class CTCTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         # A per-batch mean still has to be divided by the accumulation steps; sums over the step do not.
         self.loss_is_scaled_for_ga = loss_config.reduction != "mean"
+        timing.install(self)  # the label-prior callback, when loss.label_prior_beta > 0
         if loss_config.impl == "builtin":
             # The one place the model's own CTC settings are written: they are this loss config's.
             config = self.accelerator.unwrap_model(self.model).config
@@ -122,7 +123,12 @@ class CTCTrainer(Trainer):
         target_lengths = label_mask.sum(-1)
         # Padded targets with the padding set to blank: every implementation ignores entries past a length.
         targets = torch.where(label_mask, labels, torch.full_like(labels, blank))
-        loss = per_utterance_loss(log_probs, targets, frame_lengths, target_lengths, blank, self.loss_config)
+        # Label priors (asr_ctc.variants.timing): the CTC runs on log p - beta log prior once the prior is on;
+        # the scores are log_probs itself when it is off.
+        scores = timing.training_scores(self, log_probs, frame_lengths)
+        loss = per_utterance_loss(
+            log_probs, targets, frame_lengths, target_lengths, blank, self.loss_config, scores=scores
+        )
         return loss, target_lengths
 
     def reduce(

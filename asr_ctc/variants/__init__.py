@@ -137,6 +137,15 @@ def _checked(name: str, kind: str, value: Tensor, expected: tuple[int, ...]) -> 
     return value
 
 
+def _delay_penalised(config: LossConfig) -> Callable[..., Tensor]:
+    from .timing import delay_penalty_ctc_loss  # late: timing brings in transformers' Trainer classes
+
+    def ctc(*args, **kwargs) -> Tensor:
+        return delay_penalty_ctc_loss(*args, penalty=config.delay_penalty, **kwargs)
+
+    return ctc
+
+
 def per_utterance_loss(
     log_probs: Tensor,
     targets: Tensor,
@@ -144,6 +153,7 @@ def per_utterance_loss(
     target_lengths: Tensor,
     blank: int,
     config: LossConfig,
+    scores: Tensor | None = None,
 ) -> Tensor:
     """(B,) per-utterance losses under ``config`` (plain CTC of ``config.impl``, or its variants).
 
@@ -154,6 +164,8 @@ def per_utterance_loss(
         target_lengths: (B,) int64.
         blank: the blank class id.
         config: a validated :class:`asr_ctc.config.LossConfig` (``impl`` not ``builtin``).
+        scores: (T, B, C), what the CTC runs on instead of ``log_probs`` (label-prior CTC's
+            ``log_probs - beta log prior``, :mod:`.timing`); the frame-wise terms still see ``log_probs``.
 
     Returns:
         (B,) ``log_probs.dtype``, unreduced; the trainer reduces it (``mean``, ``sum``, ``token_mean``).
@@ -173,7 +185,7 @@ def per_utterance_loss(
             known = ", ".join(registered_variants()) or "none"
             raise ValueError(f"variants: {name!r} is not registered (register_variant); registered: {known}")
         user.append(_REGISTRY[name])
-    scores = log_probs
+    scores = log_probs if scores is None else scores
     for variant in (v for v in user if v.kind == "log_probs"):
         new = variant.fn(replace(batch, log_probs=scores), config.variants[variant.name])
         scores = _checked(variant.name, variant.kind, new, tuple(log_probs.shape))
@@ -192,7 +204,9 @@ def per_utterance_loss(
             config.max_entropy > 0,
         )
     else:
-        nll = LOSS_FUNCTIONS[config.impl](
+        # The delay penalty is a lattice of its own (plain CTC's with onset scores, :mod:`.timing`).
+        ctc = LOSS_FUNCTIONS[config.impl] if not config.delay_penalty else _delay_penalised(config)
+        nll = ctc(
             scores,
             targets,
             input_lengths,
