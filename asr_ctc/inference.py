@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
-from transformers import AutoModelForCTC, Wav2Vec2Processor
+from transformers import Wav2Vec2Processor
 
 from .config import (
     RUN_CONFIG,
@@ -47,7 +47,7 @@ from .decode import (
 )
 from .fileio import atomic_write_text
 from .lm import LM_DIR
-from .modeling import frame_lengths, samples_per_frame
+from .modeling import frame_lengths, load_ctc_model, samples_per_frame
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def run_inference(
     processor = Wav2Vec2Processor.from_pretrained(
         str(model_dir if (model_dir / "vocab.json").is_file() else run_dir)
     )
-    model = AutoModelForCTC.from_pretrained(str(model_dir)).to(device).eval()
+    model = load_ctc_model(model_dir).to(device).eval()
     tokenizer = processor.tokenizer
     blank = tokenizer.pad_token_id
 

@@ -21,6 +21,7 @@ from .ctc import ctc_loss as custom_ctc_loss
 from .data.collator import IGNORE_INDEX
 from .modeling import frame_lengths
 from .seq_loss_util import ctc_loss_like_torch
+from .variants.encoder import encoder_variant_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -202,6 +203,7 @@ class CTCTrainer(Trainer):
         labels = inputs.pop("labels")
         utterance_ids = inputs.pop("utterance_ids", None)
         blank = self.blank_id(model)
+        views = 1
         if self.ctc_impl == "builtin":
             outputs = model(**inputs, labels=labels)
             loss = outputs.loss
@@ -209,12 +211,28 @@ class CTCTrainer(Trainer):
             if self.ctc_reduction == "sum":
                 loss = loss * self._process_scale()
         else:
+            # CR-CTC: both views in one forward over the doubled batch; the model's masking draws each row's
+            # time masks independently, so the two copies of an utterance are masked differently.
+            if model.training and self.loss_config.consistency_weight > 0:
+                views = 2
+                inputs = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in inputs.items()}
+                labels = torch.cat([labels, labels])
             outputs = model(**inputs)
             lengths = self.frame_lengths(model, inputs, outputs.logits.shape[1])
             per_utt, target_lengths = self.per_utterance_loss(outputs.logits, labels, lengths, blank)
+            per_utt = encoder_variant_loss(
+                per_utt,
+                outputs.logits,
+                lengths,
+                self.loss_config,
+                lambda logits: self.per_utterance_loss(logits, labels, lengths, blank)[0],
+                getattr(self.accelerator.unwrap_model(model), "intermediate_ctc", None),
+                views,
+            )
+            target_lengths = target_lengths[: per_utt.shape[0]]
             loss = self.reduce(per_utt, target_lengths, num_items_in_batch)
         if model.training and not torch.isfinite(loss):
-            self._raise_non_finite(loss, per_utt, outputs.logits, utterance_ids)
+            self._raise_non_finite(loss, per_utt, outputs.logits[: labels.shape[0] // views], utterance_ids)
         return (loss, outputs) if return_outputs else loss
 
     def _raise_non_finite(
