@@ -318,6 +318,37 @@ class LossConfig:
             "-lambda * (t - T // 2) to the path score; 0 = off (needs impl custom)"
         },
     )
+    # -- encoder-level variants (asr_ctc.variants.encoder): each 0 / empty gives plain CTC exactly --------
+    intermediate_layers: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "intermediate CTC (Lee & Watanabe 2021): 1-based encoder layers whose outputs also get a "
+            "CTC loss through the shared head, e.g. [2]; each in [1, num_hidden_layers)"
+        },
+    )
+    intermediate_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "lambda in (1 - lambda) L_final + lambda mean_k L_k; 0 is plain CTC",
+            "range": (0.0, 1.0),
+        },
+    )
+    self_conditioning: bool = field(
+        default=False,
+        metadata={
+            "help": "self-conditioned CTC (Nozaki & Komatsu 2021): add a projection of each intermediate "
+            "layer's posteriors to its output (needs intermediate_layers; saved with the model)"
+        },
+    )
+    consistency_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "CR-CTC (Yao et al. 2025): two time-masked views of each batch, CTC on both plus this "
+            "weight times their symmetric stop-gradient KL (paper: 0.2, with larger time masks); 0 is plain "
+            "CTC; needs model.mask_time_prob > 0",
+            "range": (0.0, None),
+        },
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -328,6 +359,15 @@ class LossConfig:
         if not isinstance(self.zero_infinity, bool):
             raise ValueError(f"zero_infinity: expected bool, got {self.zero_infinity!r}")
         self._check_variants()
+        if (self.intermediate_weight > 0 or self.self_conditioning) and not self.intermediate_layers:
+            raise ValueError(
+                "intermediate_layers: intermediate_weight > 0 and self_conditioning need at least one layer"
+            )
+        if self.impl == "builtin" and self.intermediate_layers:
+            raise ValueError(
+                "impl: builtin computes its loss inside the model; intermediate_layers need impl custom, "
+                "torch or reference"
+            )
         if self.impl == "builtin" and self.reduction == "token_mean":
             raise ValueError(
                 "reduction: token_mean needs impl custom, torch or reference "
@@ -624,6 +664,9 @@ def _check_training(training: dict[str, Any]) -> dict[str, Any]:
 
 
 def _validate(cfg: ExperimentConfig, check_files: bool) -> None:
+    if cfg.loss.consistency_weight > 0 and cfg.model.mask_time_prob <= 0:
+        # CR-CTC's two views differ only by their time masks: without masking its KL is identically 0.
+        raise ConfigError("loss.consistency_weight: needs model.mask_time_prob > 0 (the two views' masks)")
     for split in ("train", "eval", "test"):
         src = getattr(cfg.data, split)
         if src is None:

@@ -36,6 +36,7 @@ from .metrics import argmax_logits, make_compute_metrics
 from .modeling import build_model, frame_lengths, load_checkpoint_config, load_checkpoint_processor
 from .plots import plot_training_curves
 from .trainer import CTCTrainer
+from .variants.encoder import attach_intermediate_ctc
 
 logger = logging.getLogger(__name__)
 
@@ -287,6 +288,11 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
     )
     tokenizer = processor.tokenizer
     model = build_model(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    if cfg.loss.intermediate_layers:
+        try:
+            attach_intermediate_ctc(model, cfg.loss.intermediate_layers, cfg.loss.self_conditioning)
+        except ValueError as exc:  # a layer index the model does not have
+            raise ConfigError(str(exc)) from exc
     frames = functools.partial(frame_lengths, model)
 
     report = None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
-from transformers import AutoModelForCTC, Wav2Vec2Processor
+from transformers import Wav2Vec2Processor
 
 from .config import (
     RUN_CONFIG,
@@ -47,7 +47,7 @@ from .decode import (
 )
 from .fileio import atomic_write_text
 from .lm import LM_DIR
-from .modeling import frame_lengths, samples_per_frame
+from .modeling import frame_lengths, load_ctc_model, samples_per_frame
 from .variants.timing import alignment_log_prior, apply_label_prior
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def _load_model(job: _Job) -> tuple[Any, Wav2Vec2Processor]:
     """The CTC model (in eval mode, on the job's device) and its processor (the model's, else the run's)."""
     has_vocab = (job.model_dir / "vocab.json").is_file()
     processor = Wav2Vec2Processor.from_pretrained(str(job.model_dir if has_vocab else job.run_dir))
-    model = AutoModelForCTC.from_pretrained(str(job.model_dir)).to(job.device).eval()
+    model = load_ctc_model(job.model_dir).to(job.device).eval()
     return model, processor
 
 

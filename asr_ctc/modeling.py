@@ -159,6 +159,26 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> PreTrai
     return model
 
 
+def load_ctc_model(model_dir: str | Path) -> PreTrainedModel:
+    """A trained CTC model from a run directory or a ``checkpoint-N``, as this project trained it.
+
+    ``AutoModelForCTC.from_pretrained``, then the encoder-level variants that ``config.json`` records
+    (:func:`asr_ctc.variants.encoder.restore_intermediate_ctc`: self-conditioning projections, whose weights
+    plain loading drops).
+    """
+    from safetensors.torch import load_file
+
+    from .variants.encoder import CONFIG_KEY, restore_intermediate_ctc
+
+    model = AutoModelForCTC.from_pretrained(str(model_dir))
+    if getattr(model.config, CONFIG_KEY, None):
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in sorted(Path(model_dir).glob("model*.safetensors")):
+            tensors.update(load_file(str(shard)))
+        restore_intermediate_ctc(model, tensors)
+    return model
+
+
 def frame_lengths(model: nn.Module, num_samples: torch.Tensor) -> torch.Tensor:
     """Output frames of the model's convolutional front end for inputs of ``num_samples`` samples.
 

@@ -20,6 +20,7 @@ from .config import LossConfig
 from .data.collator import IGNORE_INDEX
 from .modeling import frame_lengths
 from .variants import per_utterance_loss, timing
+from .variants.encoder import encoder_variant_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -114,10 +115,16 @@ class CTCTrainer(Trainer):
         return frame_lengths(self.accelerator.unwrap_model(model), mask.sum(-1))
 
     def per_utterance_loss(
-        self, logits: torch.Tensor, labels: torch.Tensor, frame_lengths: torch.Tensor, blank: int
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        blank: int,
+        label_prior: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) per-utterance losses of ``logits`` (B, T, C) and their (B,) target lengths: the configured
-        CTC and its variants, :func:`asr_ctc.variants.per_utterance_loss`."""
+        CTC and its variants, :func:`asr_ctc.variants.per_utterance_loss`. ``label_prior``: the final
+        output's loss (the label prior scores it, learns from it); False for intermediate layers' logits."""
         log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
         label_mask = labels != IGNORE_INDEX
         target_lengths = label_mask.sum(-1)
@@ -125,7 +132,7 @@ class CTCTrainer(Trainer):
         targets = torch.where(label_mask, labels, torch.full_like(labels, blank))
         # Label priors (asr_ctc.variants.timing): the CTC runs on log p - beta log prior once the prior is on;
         # the scores are log_probs itself when it is off.
-        scores = timing.training_scores(self, log_probs, frame_lengths)
+        scores = timing.training_scores(self, log_probs, frame_lengths) if label_prior else log_probs
         loss = per_utterance_loss(
             log_probs, targets, frame_lengths, target_lengths, blank, self.loss_config, scores=scores
         )
@@ -195,6 +202,7 @@ class CTCTrainer(Trainer):
         labels = inputs.pop("labels")
         utterance_ids = inputs.pop("utterance_ids", None)
         blank = self.blank_id(model)
+        views = 1
         if self.ctc_impl == "builtin":
             outputs = model(**inputs, labels=labels)
             loss = outputs.loss
@@ -202,12 +210,28 @@ class CTCTrainer(Trainer):
             if self.ctc_reduction == "sum":
                 loss = loss * self._process_scale()
         else:
+            # CR-CTC: both views in one forward over the doubled batch; the model's masking draws each row's
+            # time masks independently, so the two copies of an utterance are masked differently.
+            if model.training and self.loss_config.consistency_weight > 0:
+                views = 2
+                inputs = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in inputs.items()}
+                labels = torch.cat([labels, labels])
             outputs = model(**inputs)
             lengths = self.frame_lengths(model, inputs, outputs.logits.shape[1])
             per_utt, target_lengths = self.per_utterance_loss(outputs.logits, labels, lengths, blank)
+            per_utt = encoder_variant_loss(
+                per_utt,
+                outputs.logits,
+                lengths,
+                self.loss_config,
+                lambda logits: self.per_utterance_loss(logits, labels, lengths, blank, label_prior=False)[0],
+                getattr(self.accelerator.unwrap_model(model), "intermediate_ctc", None),
+                views,
+            )
+            target_lengths = target_lengths[: per_utt.shape[0]]
             loss = self.reduce(per_utt, target_lengths, num_items_in_batch)
         if model.training and not torch.isfinite(loss):
-            self._raise_non_finite(loss, per_utt, outputs.logits, utterance_ids)
+            self._raise_non_finite(loss, per_utt, outputs.logits[: labels.shape[0] // views], utterance_ids)
         return (loss, outputs) if return_outputs else loss
 
     def _raise_non_finite(
