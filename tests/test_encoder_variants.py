@@ -383,7 +383,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="intermediate_layers: intermediate_weight > 0"):
         LossConfig(intermediate_weight=0.3)
     with pytest.raises(ValueError, match="intermediate_weight: expected"):
-        LossConfig(intermediate_layers=[1], intermediate_weight=1.0)
+        LossConfig(intermediate_layers=[1], intermediate_weight=1.5)
     with pytest.raises(ValueError, match="impl: builtin"):
         LossConfig(impl="builtin", consistency_weight=0.2)
     raw = {
