@@ -44,8 +44,8 @@ class CheckpointError(ValueError):
 
 
 def _unreachable(src: str, exc: Exception) -> CheckpointError:
-    offline = None if Path(src).exists() else hub_offline_reason()
-    if offline is not None:  # one cause, said once (the libraries' message adds nothing to it)
+    offline = None if Path(src).exists() or not isinstance(exc, OSError) else hub_offline_reason()
+    if offline is not None:  # a file not found offline: one cause, said once (the libraries' adds nothing)
         return CheckpointError(
             f"model.name_or_path: cannot load {src!r}: not a local directory, and the HuggingFace hub cannot "
             f"be used ({offline}) and has no copy of it in the local cache; run once with network access, "
