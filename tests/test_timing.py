@@ -200,7 +200,7 @@ def test_delay_penalty_loss_gradient_and_best_path_match_brute_force(target, pen
 
     # Best path (the max semiring of the same recursion): its score, and its frames (the score's gradient
     # is the one-hot of the best path's classes).
-    best_score, best = max(path_scores, key=lambda sp: float(sp[0]))
+    best_score, best = max(path_scores, key=lambda sp: float(sp[0].detach()))
     x = raw.detach().clone().requires_grad_(True)
     viterbi = _delay_lattice(
         x.unsqueeze(1),
