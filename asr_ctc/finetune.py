@@ -139,6 +139,10 @@ def resume_differences(saved: dict[str, Any], cfg: ExperimentConfig) -> list[str
     """What differs between a saved run config and ``cfg`` in the keys that change the training math, as
     ``key: old -> new`` lines (empty when the run can be resumed with ``cfg``)."""
     old, new = _math_view(saved), _math_view(to_dict(cfg))
+    # A key the saved run's version did not have yet (a knob added since) ran at its default: a run saved
+    # before loss.focal_gamma existed trained with focal_gamma 0, so resuming it with the default is exact.
+    defaults = _math_view(to_dict(ExperimentConfig(output_dir=cfg.output_dir)))
+    old = {**{k: v for k, v in defaults.items() if k not in old and k in new}, **old}
     return [
         f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
         for k in sorted(set(old) | set(new))

@@ -227,3 +227,19 @@ def test_a_rerun_reports_the_configs_own_error_before_the_output_dir(tiny_corpus
         hub_offline_reason.cache_clear()
     with pytest.raises(OutputDirError, match="already holds a run"):  # the directory's rule still holds
         check_output_dir(cfg, resume=False, overwrite=False)
+
+
+def test_a_run_saved_before_a_knob_existed_resumes_at_its_default(tiny_corpus, tmp_path):
+    # A run_config.yaml written by an older version lacks the loss keys added since; it trained with their
+    # defaults, so resuming with the defaults is exact, and a non-default value is a listed difference.
+    saved = _cfg(tiny_corpus, tmp_path / "run")
+    _fake_run(saved, checkpoint_step=10)
+    path = tmp_path / "run" / RUN_CONFIG
+    old = yaml.safe_load(path.read_text())
+    old["loss"] = {k: old["loss"][k] for k in ("impl", "reduction", "zero_infinity")}
+    path.write_text(yaml.safe_dump(old, sort_keys=False))
+    assert check_output_dir(saved, resume=True, overwrite=False).endswith("checkpoint-10")
+    changed = _cfg(tiny_corpus, tmp_path / "run")
+    changed.loss.focal_gamma = 2.0
+    with pytest.raises(OutputDirError, match=r"loss.focal_gamma: 0.0 -> 2.0"):
+        check_output_dir(changed, resume=True, overwrite=False)
