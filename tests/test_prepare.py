@@ -1,7 +1,7 @@
 """``asr-ctc-prepare``: LibriSpeech trees, Common Voice folders and tables to manifests; manifests to shards.
 
-The corpora are the synthetic one laid out as each public corpus ships (tests/helpers.py); each prepared
-corpus then fine-tunes two steps and decodes with a config that only names the prepared manifests.
+The corpora are the synthetic one laid out as each public corpus ships (tests/corpus_layouts.py); each
+prepared corpus then fine-tunes two steps and decodes with a config that only names the prepared manifests.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import make_commonvoice_folder, tiny_run_config
+from corpus_layouts import make_commonvoice_folder, make_librispeech_tree
+from helpers import tiny_run_config
 
 from asr_ctc.cli import prepare_main
 from asr_ctc.config import config_from_dict
@@ -74,7 +75,6 @@ def test_librispeech_tree_to_manifests_then_train_and_decode(librispeech_tree, t
 
 
 def test_librispeech_missing_flac_is_skipped_with_a_warning(tiny_corpus, tmp_path, caplog):
-    from helpers import make_librispeech_tree
 
     made = make_librispeech_tree(tiny_corpus, tmp_path / "LS")
     victim = made["dev-clean"][0][0]
