@@ -307,3 +307,65 @@ def build_lm_main(argv: list[str] | None = None) -> int:
     )
     print(f"written: {out_dir / 'lm.arpa'}, {out_dir / 'lexicon.txt'}, {out_dir / 'lm.json'}")
     return 0
+
+
+def prepare_main(argv: list[str] | None = None) -> int:
+    """``asr-ctc-prepare {librispeech DIR | commonvoice DIR | table FILE | shards MANIFEST} [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="asr-ctc-prepare",
+        description="Write manifests for a corpus folder or table, or WebDataset shards from a manifest.",
+    )
+    sub = parser.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
+    libri = sub.add_parser("librispeech", help="LibriSpeech tree: one manifest per subset")
+    libri.add_argument("dir", help="the LibriSpeech folder or one subset folder (e.g. dev-clean)")
+    libri.add_argument("--out-dir", help="where the manifests go (default: DIR/manifests)")
+    cv = sub.add_parser("commonvoice", help="Common Voice language folder: one manifest per split table")
+    cv.add_argument("dir", help="folder holding clips/ and train.tsv, dev.tsv, test.tsv")
+    cv.add_argument("--out-dir", help="where the manifests go (default: DIR/manifests)")
+    cv.add_argument(
+        "--splits", nargs="+", default=["train", "dev", "test"], help="split tables (default: %(default)s)"
+    )
+    table = sub.add_parser("table", help="any CSV/TSV/JSONL with named audio and transcript columns")
+    table.add_argument("file", help=".csv, .tsv (tab-separated, unquoted) or .jsonl table")
+    table.add_argument("--audio-column", default="audio", help="default: %(default)s")
+    table.add_argument("--text-column", default="text", help="default: %(default)s")
+    table.add_argument("--id-column", default="id", help="optional; default: %(default)s, else the file stem")
+    table.add_argument("--audio-root", help="folder relative audio paths start from (default: the table's)")
+    table.add_argument("--out", help="manifest to write (default: FILE's folder/manifests/STEM.tsv)")
+    shards = sub.add_parser("shards", help="WebDataset shards (shard-000000.tar ...) from a manifest")
+    shards.add_argument("manifest", help="manifest (.tsv/.csv/.jsonl)")
+    shards.add_argument("--out-dir", help="default: the manifest's folder/shards/STEM")
+    shards.add_argument("--max-size-mb", type=float, default=256.0, help="per shard (default: %(default)s)")
+    shards.add_argument("--max-utterances", type=int, help="per shard (default: no limit)")
+    shards.add_argument("--shuffle-seed", type=int, help="shuffle utterances first (default: manifest order)")
+    shards.add_argument("--overwrite", action="store_true", help="replace shards already in --out-dir")
+    args = parser.parse_args(argv)
+    _setup_logging()
+    from pathlib import Path
+
+    from .data.manifest import ManifestError
+    from .prepare import PrepareError, prepare_commonvoice, prepare_librispeech, prepare_table, write_shards
+
+    try:
+        if args.recipe == "librispeech":
+            written = prepare_librispeech(args.dir, args.out_dir)
+        elif args.recipe == "commonvoice":
+            written = prepare_commonvoice(args.dir, args.out_dir, args.splits)
+        elif args.recipe == "table":
+            path = prepare_table(
+                args.file, args.out, args.audio_column, args.text_column, args.id_column, args.audio_root
+            )
+            written = {Path(args.file).stem: path}
+        else:
+            manifest = Path(args.manifest)
+            out_dir = args.out_dir or manifest.parent / "shards" / manifest.stem
+            summary = write_shards(
+                manifest, out_dir, args.max_size_mb, args.max_utterances, args.shuffle_seed, args.overwrite
+            )
+            print(f"{sum(summary.counts)} utterances in {len(summary.shards)} shards: {summary.pattern}")
+            return 0
+    except (PrepareError, ManifestError, OSError) as exc:
+        return _fail(exc)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0

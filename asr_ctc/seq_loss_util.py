@@ -9,6 +9,12 @@ The function names and semantics follow the reference, so that its unit test car
 * :func:`ctc_loss` the per-sequence loss, with an analytic gradient w.r.t. the logits,
 * :func:`ctc_loss_like_torch` the same loss behind :func:`torch.nn.functional.ctc_loss`'s calling convention.
 
+The reference author's PyTorch course library (chanwcom/courses, ``2025_spring/xai604/assignments/hw01``,
+``ctc_loss_lib.py``) uses the same functions under two further names, provided here so that its unit test
+``ctc_loss_test.py`` runs against this module unchanged: :data:`label_trans_allowance_table` (an alias of
+:func:`label_trans_table`) and :func:`sequence_mask`; its ``update_non_blank_token_index`` flag is the
+keyword of the same name of :func:`to_blank_augmented_labels`.
+
 Conventions: a label sequence is a dict ``{"SEQ_DATA": (B, L) int, "SEQ_LEN": (B,) int}``; log 0 is
 represented by the finite :data:`LOG_0` (float32 ``log(1e-307)``) so that no ``-inf`` enters the recursion.
 
@@ -32,6 +38,8 @@ __all__ = [
     "LOG_0",
     "to_blank_augmented_labels",
     "label_trans_table",
+    "label_trans_allowance_table",
+    "sequence_mask",
     "calculate_log_label_prob",
     "calculate_alpha_beta",
     "ctc_loss",
@@ -93,7 +101,10 @@ def _check_label_dict(name: str, labels: object) -> tuple[torch.Tensor, torch.Te
 
 
 def to_blank_augmented_labels(
-    inputs: dict[str, torch.Tensor], blank_index: int = 0, boundary_blanks: bool = True
+    inputs: dict[str, torch.Tensor],
+    blank_index: int = 0,
+    boundary_blanks: bool = True,
+    update_non_blank_token_index: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Insert blanks into label sequences, making room for the blank class.
 
@@ -105,6 +116,9 @@ def to_blank_augmented_labels(
         blank_index: class id of the blank in the augmented labels (>= 0).
         boundary_blanks: put a blank before the first and after the last label (length 2L+1 per row);
             otherwise only between labels (2L-1, 0 for an empty row).
+        update_non_blank_token_index: shift labels ``>= blank_index`` up by one. Pass False when the label
+            ids already leave ``blank_index`` free (a Hugging Face wav2vec 2.0 vocabulary, whose pad token is
+            the blank); the name is the author's course library's.
 
     Returns:
         ``{"SEQ_DATA": (B, 2L+1) or (B, max(2L-1, 0)) int64, "SEQ_LEN": (B,) int64}``; entries past a row's
@@ -114,7 +128,7 @@ def to_blank_augmented_labels(
     if isinstance(blank_index, bool) or not isinstance(blank_index, int) or blank_index < 0:
         raise ValueError(f"blank_index must be a non-negative int, got {blank_index!r}")
     data = data.long()
-    shifted = torch.where(data >= blank_index, data + 1, data)
+    shifted = torch.where(data >= blank_index, data + 1, data) if update_non_blank_token_index else data
     # Padding is reset to 0 by interleave_blanks, so shifting it above is harmless.
     seq_data, seq_len = interleave_blanks(shifted, lengths.long(), blank_index, boundary_blanks, pad_value=0)
     return {"SEQ_DATA": seq_data, "SEQ_LEN": seq_len}
@@ -158,6 +172,44 @@ def label_trans_table(
     zero = torch.zeros((), dtype=dtype, device=labels.device)
     log_0 = torch.full((), LOG_0, dtype=dtype, device=labels.device)
     return torch.where(allowed, zero, log_0)
+
+
+#: The author's course-library name (chanwcom/courses, 2025 ``ctc_loss_lib.py``) of :func:`label_trans_table`.
+label_trans_allowance_table = label_trans_table
+
+
+def sequence_mask(
+    lengths: torch.Tensor, maxlen: int | None = None, dtype: torch.dtype = torch.bool
+) -> torch.Tensor:
+    """Mask of the valid positions of padded sequences (PyTorch counterpart of ``tf.sequence_mask``).
+
+    Args:
+        lengths: (...) int, length of each sequence, >= 0.
+        maxlen: width of the mask (>= 0); defaults to ``lengths.max()`` (0 for an empty ``lengths``).
+        dtype: dtype of the result (bool, an integer or a float dtype).
+
+    Returns:
+        (..., maxlen) ``dtype``: entry ``[..., i]`` is 1 (True) when ``i < lengths[...]``, else 0 (False).
+
+    Raises:
+        ValueError: ``lengths`` is not an integer tensor or has a negative entry, or ``maxlen`` is not a
+            non-negative int.
+    """
+    if not isinstance(lengths, torch.Tensor) or lengths.is_floating_point() or lengths.is_complex() or (
+        lengths.dtype == torch.bool
+    ):
+        got = lengths.dtype if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+        raise ValueError(f"lengths must be an integer torch.Tensor, got {got}")
+    if lengths.numel() and int(lengths.min()) < 0:
+        raise ValueError(f"lengths must be >= 0, got minimum {int(lengths.min())}")
+    if maxlen is None:
+        maxlen = int(lengths.max()) if lengths.numel() else 0
+    elif isinstance(maxlen, torch.Tensor) and maxlen.numel() == 1 and not maxlen.is_floating_point():
+        maxlen = int(maxlen)
+    if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0:
+        raise ValueError(f"maxlen must be a non-negative int or None, got {maxlen!r}")
+    positions = torch.arange(maxlen, device=lengths.device)
+    return (positions < lengths.unsqueeze(-1)).to(dtype)
 
 
 def calculate_log_label_prob(labels: torch.Tensor, softmax_output: torch.Tensor) -> torch.Tensor:

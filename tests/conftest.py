@@ -33,3 +33,12 @@ def tiny_corpus(tmp_path_factory):
     return out
 
 
+
+
+@pytest.fixture(scope="session")
+def librispeech_tree(tiny_corpus, tmp_path_factory):
+    """The tiny corpus as a LibriSpeech tree (FLAC, upper-case ``*.trans.txt``): ``(root, made)``."""
+    from corpus_layouts import make_librispeech_tree
+
+    root = tmp_path_factory.mktemp("LibriSpeech")
+    return root, make_librispeech_tree(tiny_corpus, root)
