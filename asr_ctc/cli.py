@@ -154,6 +154,11 @@ def inference_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-weight", type=float, help="LM weight (default: tuned, else 1.0)")
     parser.add_argument("--word-score", type=float, help="word insertion bonus (default: tuned, else 0.0)")
     parser.add_argument(
+        "--blank-penalty",
+        type=float,
+        help="subtract from the blank's log-prob before decoding and alignment (default: config, 0.0)",
+    )
+    parser.add_argument(
         "--tune-lm", action="store_true", help="grid-search --lm-weight/--word-score on the eval split first"
     )
     parser.add_argument(
@@ -186,6 +191,7 @@ def inference_main(argv: list[str] | None = None) -> int:
             "beam_size": args.beam_size,
             "lm_weight": args.lm_weight,
             "word_score": args.word_score,
+            "blank_penalty": args.blank_penalty,
         }
         decoding = dataclasses.replace(decoding, **{k: v for k, v in chosen.items() if v is not None})
         result = run_inference(
@@ -213,6 +219,14 @@ def inference_main(argv: list[str] | None = None) -> int:
     if s["decoder"] != "greedy" and result.wer is not None:
         line += f"  |  {s['decoder']} WER {100 * result.wer:.2f}%  CER {100 * result.cer:.2f}%"
     print(line + f"  ({s['decoding_seconds']['total']:.1f} s)")
+    for side, scores in s.get("boundaries", {}).items():
+        if isinstance(scores, dict) and scores.get("boundary", {}).get("count"):
+            b = scores["boundary"]
+            print(
+                f"word boundaries ({side} alignment, {b['count']} boundaries): median "
+                f"{b['median_ms']:.1f} ms, mean {b['mean_ms']:.1f} ms, "
+                f"{100 * b['within_50ms']:.1f}% within 50 ms"
+            )
     print(f"per-utterance transcripts: {result.transcripts_path}")
     print(f"summary: {result.summary_path}")
     return 0

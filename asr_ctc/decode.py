@@ -16,6 +16,39 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
+def apply_blank_penalty(log_probs: torch.Tensor, blank: int, penalty: float) -> torch.Tensor:
+    """The scores with ``penalty`` subtracted from the blank's: ``log_probs[..., blank] - penalty``.
+
+    A positive penalty makes every path pay ``penalty`` per blank frame, so greedy decoding, beam search
+    and forced alignment prefer paths with fewer blanks: fewer deleted tokens, and token runs that start
+    earlier and last longer (a common fix for CTC's deletions; torchaudio's CTC decoders and k2 offer the
+    same knob). The scores no longer sum to one per frame; that only matters to a loss, and decoding and
+    Viterbi alignment compare paths over the same frames, so a per-frame constant never changes them:
+    ``log_probs`` may be logits or log-probabilities alike.
+
+    Args:
+        log_probs: (..., C) float scores (logits or log-probabilities), class last.
+        blank: the blank class id, in ``[0, C)``.
+        penalty: subtracted from the blank's score at every frame; 0 returns ``log_probs`` itself, the
+            plain CTC scores exactly.
+
+    Returns:
+        a new tensor of the same shape and dtype (``log_probs`` itself when ``penalty == 0``).
+
+    Raises:
+        ValueError: a non-finite ``penalty`` or ``blank`` outside the classes.
+    """
+    if not math.isfinite(penalty):
+        raise ValueError(f"blank_penalty: expected a finite number, got {penalty!r}")
+    if not 0 <= blank < log_probs.shape[-1]:
+        raise ValueError(f"blank: expected an id in [0, {log_probs.shape[-1]}), got {blank}")
+    if penalty == 0:
+        return log_probs
+    out = log_probs.clone()
+    out[..., blank] -= penalty
+    return out
+
+
 def greedy_ids(logits: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> list[list[int]]:
     """Best class per frame, cut to each utterance's real frame count (the one home of that cut).
 
@@ -37,7 +70,10 @@ def greedy_ids(logits: torch.Tensor, frame_lengths: torch.Tensor | None = None) 
 
 
 def greedy_decode(
-    logits: torch.Tensor, frame_lengths: torch.Tensor | None, tokenizer: PreTrainedTokenizerBase
+    logits: torch.Tensor,
+    frame_lengths: torch.Tensor | None,
+    tokenizer: PreTrainedTokenizerBase,
+    blank_penalty: float = 0.0,
 ) -> list[str]:
     """Greedy CTC transcripts: argmax, cut to the frame length, collapse, decode.
 
@@ -45,12 +81,18 @@ def greedy_decode(
         logits: (B, T, C) float logits or log-probabilities, or (B, T) int64 frame ids.
         frame_lengths: (B,) int64, valid frames per utterance (None: all T).
         tokenizer: a CTC tokenizer; its pad id is the blank.
+        blank_penalty: subtracted from the blank's score before the argmax (:func:`apply_blank_penalty`;
+            float scores only).
 
     Returns:
         B strings. The tokenizer decodes with ``group_tokens=False``: the collapse has already merged
         repeats, and grouping again would merge letters that a blank kept apart ("l <b> l" -> "ll").
     """
     blank = tokenizer.pad_token_id
+    if blank_penalty:
+        if logits.dim() != 3:
+            raise ValueError("blank_penalty: needs (B, T, C) float scores, got frame ids")
+        logits = apply_blank_penalty(logits, blank, blank_penalty)
     frames = greedy_ids(logits, frame_lengths)
     return [tokenizer.decode(collapse(ids, blank), group_tokens=False) for ids in frames]
 
@@ -317,6 +359,8 @@ class BeamSearchDecoder:
         unk_score: score for a word outside the lexicon (``-inf``: never emitted).
         sil_score: added when the word delimiter is emitted outside a word.
         unk_word: the LM's unknown-word token.
+        blank_penalty: subtracted from the blank's log-probability at every frame before the search
+            (:func:`apply_blank_penalty`); 0 leaves the scores as they are.
 
     Raises:
         ImportError: flashlight-text is not installed.
@@ -339,6 +383,7 @@ class BeamSearchDecoder:
         unk_score: float = float("-inf"),
         sil_score: float = 0.0,
         unk_word: str = "<unk>",
+        blank_penalty: float = 0.0,
     ) -> None:
         fl_decoder, fl_dictionary, kenlm_class = _import_flashlight()
         tokens = list(tokens)
@@ -350,6 +395,9 @@ class BeamSearchDecoder:
             raise ValueError(f"word_delimiter: {word_delimiter!r} is not one of the tokens")
         if beam_size < 1:
             raise ValueError(f"beam_size: expected >= 1, got {beam_size}")
+        if not math.isfinite(blank_penalty):
+            raise ValueError(f"blank_penalty: expected a finite number, got {blank_penalty!r}")
+        self.blank_penalty = float(blank_penalty)
         for name, path in (("lexicon_path", lexicon_path), ("lm_path", lm_path)):
             if path is not None and not os.path.isfile(path):
                 raise FileNotFoundError(f"{name}: no file {path}")
@@ -431,6 +479,7 @@ class BeamSearchDecoder:
         # One extra frame where only the word delimiter is possible: the lexicon spells every word with a
         # trailing delimiter, but CTC targets (and so the model's output) have none after the last word; the
         # decoder would drop an utterance's last word when it has no frame left to close it.
+        log_probs = apply_blank_penalty(log_probs, self.blank_id, self.blank_penalty)
         end = torch.full((1, len(self.tokens)), _IMPOSSIBLE, dtype=torch.float32)
         end[0, self.delimiter_id] = 0.0
         emissions = torch.cat([log_probs.detach().to(device="cpu", dtype=torch.float32), end]).contiguous()

@@ -36,6 +36,7 @@ from .data.dataset import SpeechDataset, open_split
 from .data.index import index_audio_files, load_source_index, min_ctc_frames
 from .decode import (
     BeamSearchDecoder,
+    apply_blank_penalty,
     error_counts,
     greedy_decode,
     timed_words,
@@ -267,6 +268,8 @@ def run_inference(
     for idx, batch, log_probs, lengths in _emissions(
         model, processor, dataset, batch_size, num_workers, device
     ):
+        # One penalised copy serves greedy, beam search and the alignments (0: the scores themselves).
+        log_probs = apply_blank_penalty(log_probs, blank, opts.blank_penalty)
         texts = greedy_decode(log_probs, lengths, tokenizer)
         for i, text in zip(idx, texts, strict=True):
             greedy[i] = text
@@ -343,6 +346,8 @@ def run_inference(
     atomic_write_text(tsv_path, _transcripts_tsv(ids, refs_text if has_refs else None, hyps, greedy))
     if timestamps:
         _write_timestamps(out, ids, timings, has_refs)
+        if has_refs and (scores := _score_boundaries(source.manifest, ids, timings)) is not None:
+            summary["boundaries"] = scores
     atomic_write_text(json_path, json.dumps(summary, indent=2, ensure_ascii=False))
     return InferenceResult(wer, cer, n, tsv_path, json_path, summary)
 
@@ -390,6 +395,27 @@ def _write_timestamps(out: Path, ids: list[str], timings: dict[str, list[Any]], 
         atomic_write_text(out / f"{kind}.ctm", lines)
 
 
+def _score_boundaries(manifest: str | None, ids: list[str], timings: dict[str, list[Any]]):
+    """Word-boundary errors of both alignments against the manifest's true word times (its ``words``
+    column, which the synthetic corpus writes), overall and per voice variant; None without truth."""
+    from .boundaries import score_boundaries
+    from .corpus.synthetic import read_word_times
+
+    truth = read_word_times(manifest) if manifest else None
+    if truth is None:
+        return None
+    known = [truth.get(uid) for uid in ids]
+    true_words = [t[0] if t else None for t in known]
+    groups = [t[1] if t and t[1] is not None else "-" for t in known]
+    return {
+        "truth": str(manifest),
+        # The reference's alignment has the truth's words: scored word by word. The hypothesis is scored
+        # on its correct words only (those a word-level edit alignment pairs as equal).
+        "reference": score_boundaries(timings["reference"], true_words, "position", groups),
+        "hypothesis": score_boundaries(timings["hypothesis"], true_words, "edit", groups),
+    }
+
+
 def _plot(batch, row, log_probs, n_frames, aligned, uid, id_to_token, spf, sr, out, blank) -> None:
     from .plots import plot_alignment
 
@@ -427,7 +453,7 @@ def _tune(model, processor, cfg, run_dir, opts, batch_size, num_workers, device,
         )
     batches, lengths, refs = [], [], []
     for idx, _, log_probs, n in _emissions(model, processor, dataset, batch_size, num_workers, device):
-        batches.append(log_probs)
+        batches.append(apply_blank_penalty(log_probs, processor.tokenizer.pad_token_id, opts.blank_penalty))
         lengths.append(n)
         refs.extend(dataset.texts[i] for i in idx)
     decoder = _decoder(run_dir, processor, opts)  # the trie and the LM are built once, then reweighted

@@ -366,8 +366,12 @@ def make_synthetic_corpus(
     return summary
 
 
-def read_word_times(manifest: str | os.PathLike, column: str = "words") -> dict[str, list[WordTime]] | None:
-    """The true word times of a manifest's utterances, ``{id: words}``; None when it has no such column.
+def read_word_times(
+    manifest: str | os.PathLike, column: str = "words", group_column: str = "voice"
+) -> dict[str, tuple[list[WordTime], str | None]] | None:
+    """The true word times of a manifest's utterances, ``{id: (words, group)}``; None when it has no
+    ``column``. The group is the ``group_column`` value's voice variant (``"en-us+f3"`` -> ``"f3"``: the
+    corpus holds out variants for its test split), None without that column.
 
     Raises:
         ManifestError: the manifest cannot be read (see :func:`asr_ctc.data.manifest.read_manifest`).
@@ -379,7 +383,9 @@ def read_word_times(manifest: str | os.PathLike, column: str = "words") -> dict[
     out = {}
     for row in rows:
         try:
-            out[row["id"]] = words_from_json(row[column])
+            words = words_from_json(row[column])
         except ValueError as exc:
             raise ValueError(f"{manifest}, utterance {row['id']}: {exc}") from exc
+        voice = row.get(group_column)
+        out[row["id"]] = (words, None if voice is None else (str(voice).partition("+")[2] or str(voice)))
     return out
