@@ -9,8 +9,9 @@ Which predicted word is scored against which true word:
 * ``match="position"``: the i-th predicted word against the i-th true word. For the forced alignment of
   the reference transcript, whose words are the truth's words; an utterance whose word counts differ is
   not scored (counted in ``utterances_unmatched``).
-* ``match="edit"``: a word-level edit alignment (jiwer's, the one the WER counts) of the predicted words
-  against the true words; only the words it pairs as *equal* (correct words) are scored. Substituted,
+* ``match="edit"``: a word-level edit alignment of the predicted words against the true words (fewest
+  edits, as the WER counts them; among those, most equal words); only the words it pairs as *equal*
+  (correct words) are scored. Substituted,
   inserted and deleted words have no true time to compare with; ``words_matched`` / ``words_truth`` says
   how many were scored.
 
@@ -106,7 +107,7 @@ def match_words(predicted: Sequence[str], truth: Sequence[str], match: str) -> l
         predicted: the predicted words, in order.
         truth: the true words, in order.
         match: ``"position"`` (all words pairwise; None when the counts differ) or ``"edit"`` (the words a
-            word-level edit alignment finds equal, compared case-insensitively).
+            word-level edit alignment finds equal, compared case-insensitively; see the module docstring).
     """
     if match not in MATCHES:
         raise ValueError(f"match: expected one of {MATCHES}, got {match!r}")
@@ -114,19 +115,36 @@ def match_words(predicted: Sequence[str], truth: Sequence[str], match: str) -> l
         return list(zip(range(len(predicted)), range(len(truth)), strict=True)) if len(predicted) == len(
             truth
         ) else None
-    if not predicted or not truth:
-        return []
-    import jiwer
-
-    chunks = jiwer.process_words(
-        " ".join(w.casefold() for w in truth), " ".join(w.casefold() for w in predicted)
-    ).alignments[0]
+    hyp = [w.casefold() for w in predicted]
+    ref = [w.casefold() for w in truth]
+    # Levenshtein over words; among the alignments with the fewest edits (the WER's edit distance) the
+    # one with the most equal pairs, so a tie between "substitute twice" and "delete, match, insert"
+    # keeps the match. cost[i][j] = (edits, -hits) for hyp[:i] against ref[:j].
+    rows, cols = len(hyp) + 1, len(ref) + 1
+    cost = [[(i + j, 0) if i == 0 or j == 0 else (0, 0) for j in range(cols)] for i in range(rows)]
+    for i in range(1, rows):
+        for j in range(1, cols):
+            same = hyp[i - 1] == ref[j - 1]
+            diag = cost[i - 1][j - 1]
+            cost[i][j] = min(
+                (diag[0] + (not same), diag[1] - same),
+                (cost[i - 1][j][0] + 1, cost[i - 1][j][1]),  # an inserted word
+                (cost[i][j - 1][0] + 1, cost[i][j - 1][1]),  # a deleted word
+            )
     pairs = []
-    for chunk in chunks:
-        if chunk.type == "equal":
-            for offset in range(chunk.ref_end_idx - chunk.ref_start_idx):
-                pairs.append((chunk.hyp_start_idx + offset, chunk.ref_start_idx + offset))
-    return pairs
+    i, j = len(hyp), len(ref)
+    while i and j:
+        same = hyp[i - 1] == ref[j - 1]
+        diag = cost[i - 1][j - 1]
+        if cost[i][j] == (diag[0] + (not same), diag[1] - same):
+            if same:
+                pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif cost[i][j] == (cost[i - 1][j][0] + 1, cost[i - 1][j][1]):
+            i -= 1
+        else:
+            j -= 1
+    return pairs[::-1]
 
 
 def boundary_errors(
@@ -135,14 +153,15 @@ def boundary_errors(
     """Absolute start and end errors in ms of the paired words, skipping unknown true times.
 
     Returns:
-        ``(start_errors, end_errors)``, each a list of ``|predicted - true| * 1000``.
+        ``(start_errors, end_errors)``, each a list of ``|predicted - true| * 1000``, rounded to 1e-6 ms so
+        that float noise in seconds (0.52 - 0.5 = 0.020000000000000018) does not decide a threshold.
     """
     starts, ends = [], []
     for p, t in pairs:
         if truth[t].start is not None:
-            starts.append(abs(predicted[p].start - truth[t].start) * 1000.0)
+            starts.append(round(abs(predicted[p].start - truth[t].start) * 1000.0, 6))
         if truth[t].end is not None:
-            ends.append(abs(predicted[p].end - truth[t].end) * 1000.0)
+            ends.append(round(abs(predicted[p].end - truth[t].end) * 1000.0, 6))
     return starts, ends
 
 
