@@ -359,8 +359,6 @@ class BeamSearchDecoder:
         unk_score: score for a word outside the lexicon (``-inf``: never emitted).
         sil_score: added when the word delimiter is emitted outside a word.
         unk_word: the LM's unknown-word token.
-        blank_penalty: subtracted from the blank's log-probability at every frame before the search
-            (:func:`apply_blank_penalty`); 0 leaves the scores as they are.
 
     Raises:
         ImportError: flashlight-text is not installed.
@@ -383,7 +381,6 @@ class BeamSearchDecoder:
         unk_score: float = float("-inf"),
         sil_score: float = 0.0,
         unk_word: str = "<unk>",
-        blank_penalty: float = 0.0,
     ) -> None:
         fl_decoder, fl_dictionary, kenlm_class = _import_flashlight()
         tokens = list(tokens)
@@ -395,9 +392,6 @@ class BeamSearchDecoder:
             raise ValueError(f"word_delimiter: {word_delimiter!r} is not one of the tokens")
         if beam_size < 1:
             raise ValueError(f"beam_size: expected >= 1, got {beam_size}")
-        if not math.isfinite(blank_penalty):
-            raise ValueError(f"blank_penalty: expected a finite number, got {blank_penalty!r}")
-        self.blank_penalty = float(blank_penalty)
         for name, path in (("lexicon_path", lexicon_path), ("lm_path", lm_path)):
             if path is not None and not os.path.isfile(path):
                 raise FileNotFoundError(f"{name}: no file {path}")
@@ -479,7 +473,6 @@ class BeamSearchDecoder:
         # One extra frame where only the word delimiter is possible: the lexicon spells every word with a
         # trailing delimiter, but CTC targets (and so the model's output) have none after the last word; the
         # decoder would drop an utterance's last word when it has no frame left to close it.
-        log_probs = apply_blank_penalty(log_probs, self.blank_id, self.blank_penalty)
         end = torch.full((1, len(self.tokens)), _IMPOSSIBLE, dtype=torch.float32)
         end[0, self.delimiter_id] = 0.0
         emissions = torch.cat([log_probs.detach().to(device="cpu", dtype=torch.float32), end]).contiguous()
