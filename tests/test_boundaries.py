@@ -173,6 +173,15 @@ def test_word_times_a_leading_silent_word_takes_the_group_start():
     assert got == [WordTime("a", 0.1, None), WordTime("bee", None, 0.3), WordTime("sting", 0.3, 0.4)]
 
 
+def test_word_times_a_token_read_as_several_words_stays_one_word():
+    # "play 25": eSpeak says "twenty" at position 6 and "five" at 7, inside the token "25"
+    events = [ph(1, 100, "p"), ph(1, 200, "eI"), ph(6, 300, "t"), ph(6, 400, "i"), ph(7, 500, "f")]
+    got = word_times("play 25", events, sample_rate=1000, num_samples=700)
+    assert got == [WordTime("play", 0.1, 0.3), WordTime("25", 0.3, 0.7)]
+    # word events are not what decides: only phonemes (a word event without phonemes changes nothing)
+    assert word_times("play 25", [SynthesisEvent("word", 6, 250), *events], 1000, 700) == got
+
+
 # ---- inference --timestamps writes the metrics ----
 
 

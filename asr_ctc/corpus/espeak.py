@@ -438,7 +438,8 @@ def word_times(
     position and none for the others. Such a group gets its outer boundaries only: its first word's start
     and its last word's end; the boundaries inside it are None (the merged phoneme string has no word
     break to read them from). A word before any phoneme-bearing word takes the following group's start.
-    A word eSpeak splits (several phonemes runs for one position) is one word here.
+    A token eSpeak reads as several words ("25": "twenty" at its position, "five" at the position of its
+    "5") stays one word, spanning them all: a position inside a word belongs to that word.
 
     Args:
         text: the text that was spoken; positions count characters from 1, as eSpeak's do.
