@@ -68,8 +68,9 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
 _EVENT_LIST_TERMINATED = 0
 _EVENT_WORD = 1
 _EVENT_PHONEME = 7
-# Events the library can queue per callback: speak_lib.c sizes its list as buffer_ms * 200 / 1000 + 20 and
-# silently drops events past (size - 2), so a callback that delivers that many may have lost some.
+# Events the library can queue per callback: eSpeak NG (speech.c) sizes its list as
+# buffer_ms * 200 / 1000 + 20 and silently drops events past (size - 2), so a callback that delivers that
+# many may have lost some.
 _MAX_EVENTS_PER_CALLBACK = _BUFFER_MS * 200 // 1000 + 20 - 2
 
 
