@@ -323,6 +323,7 @@ def run_inference(
         "split": name,
         "num_utterances": n,
         "decoder": opts.decoder,
+        "blank_penalty": opts.blank_penalty,
         # Wall time of the decoding loop (audio, model, greedy, and beam search with timestamps/plots if
         # asked), and the beam search's share of it.
         "decoding_seconds": {"total": round(total_seconds, 2), "beam_search": round(beam_seconds, 2)},

@@ -217,4 +217,6 @@ def test_inference_timestamps_reports_boundary_metrics(tiny_corpus, tmp_path):
     penalised = tmp_path / "penalised"
     args = ["--model", str(run), "--output-dir", str(penalised), "--timestamps", "--blank-penalty", "5"]
     assert inference_main(args) == 0
-    assert json.loads((penalised / "summary.json").read_text())["boundaries"]["reference"] != ref
+    penalised_summary = json.loads((penalised / "summary.json").read_text())
+    assert penalised_summary["blank_penalty"] == 5.0 and summary["blank_penalty"] == 0.0
+    assert penalised_summary["boundaries"]["reference"] != ref
