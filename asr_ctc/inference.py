@@ -347,7 +347,7 @@ def run_inference(
     atomic_write_text(tsv_path, _transcripts_tsv(ids, refs_text if has_refs else None, hyps, greedy))
     if timestamps:
         _write_timestamps(out, ids, timings, has_refs)
-        if has_refs and (scores := _score_boundaries(source.manifest, ids, timings)) is not None:
+        if has_refs and (scores := _score_boundaries(source.manifest, ids, timings, data_cfg)) is not None:
             summary["boundaries"] = scores
     atomic_write_text(json_path, json.dumps(summary, indent=2, ensure_ascii=False))
     return InferenceResult(wer, cer, n, tsv_path, json_path, summary)
@@ -396,13 +396,14 @@ def _write_timestamps(out: Path, ids: list[str], timings: dict[str, list[Any]], 
         atomic_write_text(out / f"{kind}.ctm", lines)
 
 
-def _score_boundaries(manifest: str | None, ids: list[str], timings: dict[str, list[Any]]):
+def _score_boundaries(manifest: str | None, ids: list[str], timings: dict[str, list[Any]], data_cfg):
     """Word-boundary errors of both alignments against the manifest's true word times (its ``words``
     column, which the synthetic corpus writes), overall and per voice variant; None without truth."""
     from .boundaries import score_boundaries
     from .corpus.synthetic import read_word_times
 
-    truth = read_word_times(manifest) if manifest else None
+    columns = {k: getattr(data_cfg, k) for k in ("audio_column", "text_column", "id_column")}
+    truth = read_word_times(manifest, **columns) if manifest else None
     if truth is None:
         return None
     known = [truth.get(uid) for uid in ids]

@@ -367,17 +367,24 @@ def make_synthetic_corpus(
 
 
 def read_word_times(
-    manifest: str | os.PathLike, column: str = "words", group_column: str = "voice"
+    manifest: str | os.PathLike,
+    column: str = "words",
+    group_column: str = "voice",
+    *,
+    audio_column: str = "audio",
+    text_column: str = "text",
+    id_column: str = "id",
 ) -> dict[str, tuple[list[WordTime], str | None]] | None:
     """The true word times of a manifest's utterances, ``{id: (words, group)}``; None when it has no
     ``column``. The group is the ``group_column`` value's voice variant (``"en-us+f3"`` -> ``"f3"``: the
-    corpus holds out variants for its test split), None without that column.
+    corpus holds out variants for its test split), None without that column. The other columns are
+    :func:`asr_ctc.data.manifest.read_manifest`'s (ids as the data pipeline reads them).
 
     Raises:
         ManifestError: the manifest cannot be read (see :func:`asr_ctc.data.manifest.read_manifest`).
         ValueError: a ``words`` value is malformed, naming the manifest and the utterance.
     """
-    rows = read_manifest(manifest)
+    rows = read_manifest(manifest, audio_column, text_column, id_column)
     if not rows or column not in rows[0]:
         return None
     out = {}
