@@ -268,8 +268,9 @@ def run_inference(
     for idx, batch, log_probs, lengths in _emissions(
         model, processor, dataset, batch_size, num_workers, device
     ):
-        # One penalised copy serves greedy, beam search and the alignments (0: the scores themselves).
-        log_probs = apply_blank_penalty(log_probs, blank, opts.blank_penalty)
+        # One penalised copy serves greedy, beam search and the alignments (0: the scores themselves);
+        # the plots show the model's own posteriors.
+        posteriors, log_probs = log_probs, apply_blank_penalty(log_probs, blank, opts.blank_penalty)
         texts = greedy_decode(log_probs, lengths, tokenizer)
         for i, text in zip(idx, texts, strict=True):
             greedy[i] = text
@@ -304,7 +305,7 @@ def run_inference(
                     _plot(
                         batch,
                         row,
-                        log_probs[row],
+                        posteriors[row],
                         lengths[row],
                         aligned[row],
                         dataset.ids[i],

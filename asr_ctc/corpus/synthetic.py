@@ -233,13 +233,13 @@ def _render_all(
     utterances: Sequence[Utterance], out_dir: Path, sampling_rate: int, num_workers: int, progress: bool
 ) -> dict[str, tuple[int, list[WordTime]]]:
     """Render every utterance; return ``{id: (num_samples, word times)}``."""
-    lengths: dict[str, tuple[int, list[WordTime]]] = {}
+    rendered: dict[str, tuple[int, list[WordTime]]] = {}
     bar = tqdm(total=len(utterances), unit="utt", desc="synthesizing", disable=not progress, smoothing=0.1)
     with bar:
         if num_workers <= 1:
             with ESpeakSynthesizer() as synthesizer:
                 for utt in utterances:
-                    lengths[utt.id] = render_utterance(synthesizer, utt, out_dir, sampling_rate)
+                    rendered[utt.id] = render_utterance(synthesizer, utt, out_dir, sampling_rate)
                     bar.update()
         else:
             jobs = [(utt, str(out_dir), sampling_rate) for utt in utterances]
@@ -250,12 +250,12 @@ def _render_all(
             # child would inherit in a locked state.
             context = multiprocessing.get_context("spawn")
             with context.Pool(num_workers, initializer=_init_worker) as pool:
-                for utt_id, rendered in pool.imap_unordered(_render_in_worker, jobs, chunksize=chunksize):
-                    lengths[utt_id] = rendered
+                for utt_id, result in pool.imap_unordered(_render_in_worker, jobs, chunksize=chunksize):
+                    rendered[utt_id] = result
                     bar.update()
                 pool.close()
                 pool.join()
-    return lengths
+    return rendered
 
 
 def _remove_stale_wavs(wav_dir: Path, keep: set[str]) -> int:
