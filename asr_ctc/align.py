@@ -20,6 +20,7 @@ from torch import Tensor
 # The validator of the production loss: one set of argument rules (and error messages) for both.
 from asr_ctc.ctc import _prepare
 from asr_ctc.ctc_states import interleave_blanks
+from asr_ctc.decode import apply_blank_penalty
 
 __all__ = ["forced_align"]
 
@@ -40,6 +41,7 @@ def forced_align(
     input_lengths: Tensor | Sequence[int] | int,
     target_lengths: Tensor | Sequence[int] | int,
     blank: int = 0,
+    blank_penalty: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Best CTC alignment of each target: the frame path of highest probability that collapses to it.
 
@@ -56,6 +58,10 @@ def forced_align(
             utterance), each ``<= T``.
         target_lengths: (B,) int tensor or sequence of ints (a 0-d tensor or an int for one utterance).
         blank: the blank class id, in ``[0, C)``.
+        blank_penalty: subtracted from the blank's log-probability at every frame before the search
+            (:func:`asr_ctc.decode.apply_blank_penalty`): the path maximises
+            ``sum_t log_probs[t, label_t] - blank_penalty * (number of blank frames)``. A positive penalty
+            lets tokens start earlier and last longer; 0 is plain Viterbi alignment exactly.
 
     Returns:
         ``(labels, scores)``:
@@ -64,7 +70,8 @@ def forced_align(
           or a target id. ``decode.collapse(labels[b, :input_lengths[b]], blank)`` is target ``b``.
         * scores: (B, T) (``(T,)`` unbatched), ``log_probs.dtype``: ``log_probs[t, b, labels[b, t]]``, so
           ``scores[b].sum()`` is the log-probability of the best path (at most the CTC log-likelihood,
-          ``-ctc_loss(..., reduction="none")[b]``, which sums over all paths).
+          ``-ctc_loss(..., reduction="none")[b]``, which sums over all paths). The scores are the
+          unpenalised log-probabilities even with a ``blank_penalty``.
 
         Frames at or past an utterance's input length get label ``blank`` and score 0. Between equally good
         paths the backtrack prefers ending in the closing blank, and at each frame staying in a state over
@@ -84,6 +91,7 @@ def forced_align(
     compute = lp.detach()
     if compute.dtype in (torch.float16, torch.bfloat16):
         compute = compute.float()
+    compute = apply_blank_penalty(compute, blank, blank_penalty)
     active = torch.arange(frames, device=device).unsqueeze(1) < il.unsqueeze(0)  # (T, B)
     if bool(((compute.isnan() | compute.isposinf()) & active.unsqueeze(-1)).any()):
         raise ValueError("log_probs must not hold NaN or +inf within input_lengths")

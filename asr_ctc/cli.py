@@ -170,6 +170,11 @@ def inference_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-weight", type=float, help="LM weight (default: tuned, else 1.0)")
     parser.add_argument("--word-score", type=float, help="word insertion bonus (default: tuned, else 0.0)")
     parser.add_argument(
+        "--blank-penalty",
+        type=float,
+        help="subtract from the blank's log-prob before decoding and alignment (default: config, 0.0)",
+    )
+    parser.add_argument(
         "--tune-lm", action="store_true", help="grid-search --lm-weight/--word-score on the eval split first"
     )
     parser.add_argument(
@@ -213,6 +218,7 @@ def inference_main(argv: list[str] | None = None) -> int:
             "beam_size": args.beam_size,
             "lm_weight": args.lm_weight,
             "word_score": args.word_score,
+            "blank_penalty": args.blank_penalty,
         }
         decoding = dataclasses.replace(decoding, **{k: v for k, v in chosen.items() if v is not None})
         options = InferenceOptions(
@@ -245,6 +251,14 @@ def inference_main(argv: list[str] | None = None) -> int:
             print(f"  {uid}\t{text}")
         if len(result.transcripts) > _SHOWN_TRANSCRIPTS:
             print(f"  ... and {len(result.transcripts) - _SHOWN_TRANSCRIPTS} more")
+    for side, scores in s.get("boundaries", {}).items():
+        if isinstance(scores, dict) and scores.get("boundary", {}).get("count"):
+            b = scores["boundary"]
+            print(
+                f"word boundaries ({side} alignment, {b['count']} boundaries): median "
+                f"{b['median_ms']:.1f} ms, mean {b['mean_ms']:.1f} ms, "
+                f"{100 * b['within_50ms']:.1f}% within 50 ms"
+            )
     print(f"per-utterance transcripts: {result.transcripts_path}")
     print(f"summary: {result.summary_path}")
     return 0

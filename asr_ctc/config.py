@@ -464,7 +464,9 @@ class DecodingConfig:
     ``decoder``: ``greedy`` (best class per frame), ``beam`` (beam search constrained to the lexicon of
     the training words) or ``lm`` (the same with the word n-gram LM that fine-tuning writes to ``lm/``).
     ``lm_weight``/``word_score``: null takes the values ``inference --tune-lm`` saved with the model, else
-    1.0 / 0.0. ``lm_order``: the n-gram order fine-tuning builds.
+    1.0 / 0.0. ``lm_order``: the n-gram order fine-tuning builds. ``blank_penalty``: subtracted from the
+    blank's log-probability at every frame before greedy or beam decoding and before the forced alignment
+    of ``--timestamps`` (0: plain CTC; see docs/timestamps.md).
     """
 
     decoder: str = "greedy"
@@ -473,6 +475,7 @@ class DecodingConfig:
     lm_weight: float | None = None
     word_score: float | None = None
     lm_order: int = 3
+    blank_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -482,6 +485,8 @@ class DecodingConfig:
             raise ConfigError(f"decoding.beam_size: expected >= 1, got {self.beam_size}")
         if self.lm_order < 1:
             raise ConfigError(f"decoding.lm_order: expected >= 1, got {self.lm_order}")
+        if not math.isfinite(self.blank_penalty):
+            raise ConfigError(f"decoding.blank_penalty: expected a finite number, got {self.blank_penalty}")
 
 
 @dataclass

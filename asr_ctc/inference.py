@@ -36,6 +36,7 @@ from .data.dataset import SpeechDataset, open_split
 from .data.index import index_audio_files, load_source_index, min_ctc_frames
 from .decode import (
     BeamSearchDecoder,
+    apply_blank_penalty,
     error_counts,
     greedy_decode,
     timed_words,
@@ -135,8 +136,9 @@ def run_inference(
     tuned = _tune(model, processor, job) if opts.tune_lm else None
     decoder, weights = _make_decoder(job, processor)
     decoded = _decode_all(job, model, processor, data, decoder)
-    # Scoring the word timings against ground-truth timings (data that has them) is a step of its own: here.
     summary = _summary(job, data, decoded, weights, tuned)
+    if opts.timestamps and (boundaries := _score_boundaries(job, data, decoded)) is not None:
+        summary["boundaries"] = boundaries
     return _write_outputs(job, data, decoded, summary)
 
 
@@ -224,19 +226,23 @@ class _Data:
     dataset: SpeechDataset
     report: Any
     has_refs: bool
+    manifest: str | None = None
 
 
 def _open_data(job: _Job, processor: Wav2Vec2Processor) -> _Data:
     """The audio files, the manifest or the config's split, indexed and opened (nothing filtered out but
     unreadable audio and empty transcripts)."""
     opts = job.opts
+    manifest = None
     if opts.audio:
         index = index_audio_files(opts.audio, job.data_cfg)
     else:
-        index = load_source_index(_source(job.cfg, opts.split, opts.manifest), job.data_cfg, job.name)
+        source = _source(job.cfg, opts.split, opts.manifest)
+        index = load_source_index(source, job.data_cfg, job.name)
+        manifest = source.manifest
     dataset, report = open_split(index, processor, job.data_cfg, for_training=False)
     logger.info(report.summary())
-    return _Data(dataset, report, has_refs=not opts.audio)
+    return _Data(dataset, report, has_refs=not opts.audio, manifest=manifest)
 
 
 def _tune(model, processor, job: _Job) -> dict[str, Any]:
@@ -257,7 +263,7 @@ def _tune(model, processor, job: _Job) -> dict[str, Any]:
         )
     batches, lengths, refs = [], [], []
     for idx, _, log_probs, n in _emissions(model, processor, dataset, batch_size, num_workers, device):
-        batches.append(log_probs)
+        batches.append(apply_blank_penalty(log_probs, processor.tokenizer.pad_token_id, opts.blank_penalty))
         lengths.append(n)
         refs.extend(dataset.texts[i] for i in idx)
     decoder = _decoder(run_dir, processor, opts)  # the trie and the LM are built once, then reweighted
@@ -318,6 +324,10 @@ def _decode_all(job: _Job, model, processor, data: _Data, decoder) -> _Decoded:
     for idx, batch, log_probs, lengths in _emissions(
         model, processor, data.dataset, opts.batch_size, opts.num_workers, job.device
     ):
+        # One penalised copy serves greedy, beam search and the alignments (0: the scores themselves);
+        # the plots show the model's own posteriors.
+        posteriors = log_probs
+        log_probs = apply_blank_penalty(log_probs, vocab.blank, job.decoding.blank_penalty)
         _decode_batch(decoded, idx, log_probs, lengths, tokenizer, decoder)
         # Batches come longest first: the plots are of the first utterances as given, wherever they fall.
         to_plot = [row for row, i in enumerate(idx) if i < opts.plot]
@@ -332,7 +342,7 @@ def _decode_all(job: _Job, model, processor, data: _Data, decoder) -> _Decoded:
                     uid = data.dataset.ids[idx[row]]
                     logger.warning("no plot of %s: its hypothesis has no alignment", uid)
                     continue
-                _plot(data.dataset, idx[row], log_probs[row], lengths[row], aligned[row], vocab, job)
+                _plot(data.dataset, idx[row], posteriors[row], lengths[row], aligned[row], vocab, job)
     decoded.total_seconds = time.perf_counter() - start
     return decoded
 
@@ -396,6 +406,7 @@ def _summary(job: _Job, data: _Data, decoded: _Decoded, weights, tuned) -> dict[
         "split": job.name,
         "num_utterances": len(data.dataset),
         "decoder": job.decoding.decoder,
+        "blank_penalty": job.decoding.blank_penalty,
         # Wall time of the decoding loop (audio, model, greedy, and beam search with timestamps/plots if
         # asked), and the beam search's share of it.
         "decoding_seconds": {
@@ -421,6 +432,30 @@ def _summary(job: _Job, data: _Data, decoded: _Decoded, weights, tuned) -> dict[
     if job.align_prior is not None:
         summary["alignment_label_prior_beta"] = job.opts.label_prior_beta
     return summary
+
+
+def _score_boundaries(job: _Job, data: _Data, decoded: _Decoded) -> dict[str, Any] | None:
+    """Word-boundary errors of both alignments against the manifest's true word times (its ``words``
+    column, which the synthetic corpus writes), overall and per voice variant; None without truth."""
+    from .boundaries import score_boundaries
+    from .corpus.synthetic import read_word_times
+
+    if not data.has_refs or data.manifest is None:
+        return None
+    columns = {k: getattr(job.data_cfg, k) for k in ("audio_column", "text_column", "id_column")}
+    truth = read_word_times(data.manifest, **columns)
+    if truth is None:
+        return None
+    known = [truth.get(uid) for uid in data.dataset.ids]
+    true_words = [t[0] if t else None for t in known]
+    groups = [t[1] if t and t[1] is not None else "-" for t in known]
+    return {
+        "truth": str(data.manifest),
+        # The reference's alignment has the truth's words: scored word by word. The hypothesis is scored
+        # on its correct words only (those a word-level edit alignment pairs as equal).
+        "reference": score_boundaries(decoded.timings["reference"], true_words, "position", groups),
+        "hypothesis": score_boundaries(decoded.timings["hypothesis"], true_words, "edit", groups),
+    }
 
 
 def _write_outputs(job: _Job, data: _Data, decoded: _Decoded, summary: dict[str, Any]) -> InferenceResult:

@@ -14,6 +14,7 @@ from asr_ctc.decode import (
     TimedWord,
     TokenSpan,
     WordSpan,
+    apply_blank_penalty,
     collapse,
     timed_words,
     to_ctm,
@@ -219,6 +220,7 @@ def test_infeasible_targets_name_the_utterance():
         (dict(target_lengths=[2, 3]), "target_lengths"),
         (dict(target_lengths=torch.tensor(2)), "target_lengths"),  # 0-d only for a batch of one
         (dict(log_probs=torch.full((5, 2, 4), math.nan)), "log_probs"),
+        (dict(blank_penalty=math.inf), "blank_penalty"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, name):
@@ -232,6 +234,67 @@ def test_bad_arguments_name_the_argument(kwargs, name):
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
         forced_align(**args)
+
+
+# ---- blank penalty ----
+
+
+def test_blank_penalty_zero_is_plain_alignment_and_greedy_exactly():
+    gen = torch.Generator().manual_seed(21)
+    log_probs = random_log_probs(gen, (7, 3, 5), torch.float32)
+    targets, lengths, target_lengths = torch.tensor([[1, 2, 2], [3, 4, 1], [4, 0, 0]]), [7, 6, 4], [3, 3, 1]
+    plain = forced_align(log_probs, targets, lengths, target_lengths)
+    zero = forced_align(log_probs, targets, lengths, target_lengths, blank_penalty=0.0)
+    assert torch.equal(plain[0], zero[0]) and torch.equal(plain[1], zero[1])
+    assert apply_blank_penalty(log_probs, 0, 0.0) is log_probs  # untouched, not even copied
+    shifted = apply_blank_penalty(log_probs, 2, 1.5)
+    assert torch.equal(shifted[..., 2], log_probs[..., 2] - 1.5)
+    assert torch.equal(shifted[..., [0, 1, 3, 4]], log_probs[..., [0, 1, 3, 4]])
+    with pytest.raises(ValueError, match="blank"):
+        apply_blank_penalty(log_probs, 5, 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("penalty", [0.7, 2.5, -1.0])
+def test_blank_penalty_path_is_the_brute_force_best_under_the_penalised_scores(dtype, penalty):
+    gen = torch.Generator().manual_seed(30)
+    blank, n_classes, frames = 1, 4, 6
+    targets_list = [[0, 2], [3, 3], [2], [0, 3, 2], []]
+    input_lengths = [6, 5, 6, 4, 3]
+    padded = torch.zeros((len(targets_list), 3), dtype=torch.long)
+    for b, t in enumerate(targets_list):
+        padded[b, : len(t)] = torch.tensor(t, dtype=torch.long)
+    log_probs = random_log_probs(gen, (frames, len(targets_list), n_classes), dtype)
+    penalised = log_probs.clone()
+    penalised[..., blank] -= penalty
+    labels, scores = forced_align(
+        log_probs, padded, input_lengths, [len(t) for t in targets_list], blank, blank_penalty=penalty
+    )
+    changed = 0
+    for b, (target, n) in enumerate(zip(targets_list, input_lengths, strict=True)):
+        path, best, _ = brute_force(penalised[:n, b], target, blank)
+        assert labels[b, :n].tolist() == path, f"utterance {b}"
+        # the reported scores are the unpenalised log-probs of that path; re-penalised they sum to the best
+        assert torch.equal(scores[b, :n], log_probs[torch.arange(n), b, labels[b, :n]])
+        n_blank = sum(label == blank for label in path)
+        total = scores[b, :n].double().sum() - penalty * n_blank
+        torch.testing.assert_close(total, torch.tensor(best, dtype=torch.float64), **SCORE_TOL[dtype])
+        changed += path != brute_force(log_probs[:n, b], target, blank)[0]
+    assert changed > 0  # the penalty moved at least one path: the check above has something to catch
+
+
+def test_greedy_decode_blank_penalty(tiny_processor):
+    from asr_ctc.decode import greedy_decode
+
+    blank = tiny_processor.tokenizer.pad_token_id
+    letter = tiny_processor.tokenizer.convert_tokens_to_ids("a")
+    log_probs = torch.full((1, 4, len(tiny_processor.tokenizer)), -10.0)
+    log_probs[0, :, blank] = -0.1
+    log_probs[0, 1, letter] = -0.5  # second best at frame 1: the blank wins unless penalised by > 0.4
+    assert greedy_decode(log_probs, None, tiny_processor.tokenizer) == [""]
+    assert greedy_decode(log_probs, None, tiny_processor.tokenizer, blank_penalty=0.0) == [""]
+    assert greedy_decode(log_probs, None, tiny_processor.tokenizer, blank_penalty=0.3) == [""]
+    assert greedy_decode(log_probs, None, tiny_processor.tokenizer, blank_penalty=0.5) == ["a"]
 
 
 # ---- token and word spans, CTM ----

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from asr_ctc.corpus import grammar
 from asr_ctc.corpus.espeak import ESpeakError, ESpeakSynthesizer
-from asr_ctc.corpus.synthetic import make_synthetic_corpus, plan_corpus
+from asr_ctc.corpus.synthetic import make_synthetic_corpus, plan_corpus, read_word_times
 from asr_ctc.data.manifest import read_manifest
 
 SENTENCE = "play some jazz by miles on spotify"
@@ -66,6 +66,56 @@ def test_unknown_voices_are_refused(synth):
         synth.synthesize(SENTENCE, voice="xx-nowhere")
     with pytest.raises(ValueError):
         synth.synthesize(SENTENCE, rate=10)
+
+
+# Onsets: a vowel, a stop (its closure is silent: the burst comes after the phoneme's start), a nasal,
+# a fricative; voices of each kind, the Klatt synthesiser included.
+TIMED = [
+    ("okay speaker play some jazz by miles on spotify", "en-us+m3", 150),
+    ("turn the volume up to twenty five percent", "en-gb-x-rp+f2", 200),
+    ("i'd like to hear some hip hop from the nineties", "en-029+klatt4", 175),
+    ("set a sleep timer for ten minutes", "en-gb-scotland+f5", 140),
+    ("make a playlist called summer hits", "en-us-nyc+m7", 190),
+    # not grammar text: eSpeak reads "25" as two words, the second at a position inside "25"
+    ("play 25 songs by ac dc", "en-us+f3", 175),
+]
+
+
+def _energy_span(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
+    """Start of the first and end of the last 10 ms window (5 ms hops) whose RMS reaches 5% of the
+    loudest window's, in seconds."""
+    hop, win = sample_rate // 200, sample_rate // 100
+    windows = np.lib.stride_tricks.sliding_window_view(audio, win)[::hop]
+    rms = np.sqrt((windows.astype(np.float64) ** 2).mean(axis=1))
+    loud = np.flatnonzero(rms >= 0.05 * rms.max())
+    return float(loud[0] * hop / sample_rate), float((loud[-1] * hop + win) / sample_rate)
+
+
+@pytest.mark.parametrize(("text", "voice", "rate"), TIMED)
+def test_word_times_are_monotone_inside_the_audio_and_start_with_the_speech(synth, text, voice, rate):
+    from asr_ctc.corpus.espeak import word_times
+    from asr_ctc.data.audio import resample
+
+    audio, events = synth.synthesize_with_events(text, voice=voice, rate=rate)
+    assert np.array_equal(audio, synth.synthesize(text, voice=voice, rate=rate))  # events change nothing
+    resampled = resample(audio, synth.sample_rate, 16000)
+    duration = len(resampled) / 16000
+    words = word_times(text, events, synth.sample_rate, len(audio), duration)
+    assert [w.word for w in words] == text.split()
+    known = [t for w in words for t in (w.start, w.end) if t is not None]
+    assert known == sorted(known) and 0 <= known[0] and known[-1] <= duration
+    assert all(w.end > w.start for w in words if w.start is not None and w.end is not None)
+    assert words[0].start is not None and words[-1].end is not None
+    # Only boundaries inside a merged group ("from the") are unknown, and they come in pairs.
+    unknown = [k for k, w in enumerate(words) if w.end is None]
+    assert all(words[k + 1].start is None for k in unknown)
+    assert len(unknown) <= 1
+    # Independent check: the first phoneme starts where the audio's energy rises (the 16 kHz audio,
+    # so resampling does not shift the times), within tens of ms.
+    onset, offset = _energy_span(resampled, 16000)
+    assert abs(onset - words[0].start) < 0.04, (onset, words[0])
+    # and the speech has ended by the last word's end (the closing pause after it is silent)
+    assert offset < words[-1].end + 0.02, (offset, words[-1])
 
 
 def test_grammar_sentences_are_distinct_clean_and_deterministic():
@@ -128,6 +178,14 @@ def test_tiny_corpus_manifests_point_to_16k_mono_wavs(corpora):
     assert not set(r["voice"] for r in rows["test"]) & set(r["voice"] for r in rows["train"] + rows["dev"])
     assert not set(r["text"] for r in rows["test"]) & set(r["text"] for r in rows["train"])
     assert json.loads((out_dir / "corpus.json").read_text()) == summary
+    assert summary["format"] == "asr-ctc synthetic corpus v2" and "phoneme" in summary["word_times"]
+    # Every row has its words' true times: the text's words, in order, inside the audio.
+    truth = read_word_times(out_dir / "test.tsv")
+    for row in rows["test"]:
+        words, group = truth[row["id"]]
+        assert [w.word for w in words] == row["text"].split() and group == row["voice"].partition("+")[2]
+        known = [t for w in words for t in (w.start, w.end) if t is not None]
+        assert known == sorted(known) and known[-1] <= sf.info(row["audio"]).duration + 1e-4
     assert summary["total"]["utterances"] == 40 and 0.005 < summary["total"]["hours"] < 0.1
     assert set(summary["splits"]["test"]["variants"]) <= set(summary["test_variants"])
 

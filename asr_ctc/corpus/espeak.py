@@ -15,23 +15,30 @@ of any other eSpeak user in the process; one instance serialises its own calls w
 from __future__ import annotations
 
 import _ctypes
+import bisect
 import ctypes
 import functools
 import os
+import re
 import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from asr_ctc.boundaries import WordTime
+
 # espeak_AUDIO_OUTPUT: synchronous mode renders in the calling thread and hands samples to our callback,
 # with no audio device and no background thread.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
-# espeakINITIALIZE_DONT_EXIT: report errors by return value instead of calling exit() inside the library.
+# espeakINITIALIZE_DONT_EXIT: report errors by return value instead of calling exit() inside the library;
+# espeakINITIALIZE_PHONEME_EVENTS: also report the start of every phoneme (it changes no sample of the audio).
 _INITIALIZE_DONT_EXIT = 0x8000
+_INITIALIZE_PHONEME_EVENTS = 0x0001
 # Milliseconds of audio per callback; larger means fewer Python round trips per utterance.
 _BUFFER_MS = 500
 # espeak_POSITION_TYPE POS_CHARACTER, and espeakCHARS_UTF8 for espeak_Synth's flags.
@@ -55,6 +62,57 @@ PITCH_RANGE = (0, 100)  # eSpeak's pitch scale; 50 is the voice's normal pitch
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
 )
+
+
+# espeak_EVENT_TYPE values (speak_lib.h).
+_EVENT_LIST_TERMINATED = 0
+_EVENT_WORD = 1
+_EVENT_PHONEME = 7
+# Events the library can queue per callback: eSpeak NG (speech.c) sizes its list as
+# buffer_ms * 200 / 1000 + 20 and silently drops events past (size - 2), so a callback that delivers that
+# many may have lost some.
+_MAX_EVENTS_PER_CALLBACK = _BUFFER_MS * 200 // 1000 + 20 - 2
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    """``espeak_EVENT`` of speak_lib.h."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),  # 1-based character position of the word in the text
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # milliseconds, truncated
+        ("sample", ctypes.c_int),  # the same instant in samples from the start of the output
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
+
+
+@dataclass(frozen=True)
+class SynthesisEvent:
+    """A word or phoneme start reported by eSpeak NG while it synthesised.
+
+    Attributes:
+        kind: ``"word"`` or ``"phoneme"``.
+        text_position: 1-based character position, in the spoken text, of the word the event belongs to
+            (phonemes carry their word's position).
+        sample: the instant, in samples of the synthesiser's output from its first sample.
+        phoneme: eSpeak's phoneme mnemonic (``"p"``, ``"'eI"``; pauses start with ``"_"``), ``""`` for words.
+    """
+
+    kind: str
+    text_position: int
+    sample: int
+    phoneme: str = ""
+
+    @property
+    def is_pause(self) -> bool:
+        return self.kind == "phoneme" and self.phoneme.startswith("_")
 
 
 class ESpeakError(RuntimeError):
@@ -174,6 +232,8 @@ class ESpeakSynthesizer:
         self._languages = frozenset(list_language_voices(self._data_path))
         self._lock = threading.Lock()
         self._chunks: list[np.ndarray] = []
+        self._events: list[SynthesisEvent] = []
+        self._events_overflowed = False
         # Keep a reference: ctypes frees the C thunk when the Python object is collected.
         self._callback = _SYNTH_CALLBACK(self._collect)
         # A private copy of the library file gives this instance its own set of the library's globals,
@@ -218,9 +278,22 @@ class ESpeakSynthesizer:
         return self._languages
 
     def _collect(self, wav: ctypes._Pointer, num_samples: int, events: int) -> int:
-        # The library reuses its buffer after we return, so copy the samples out now.
+        # The library reuses its buffer and its event list after we return, so copy both out now.
         if num_samples > 0 and wav:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+        if events:
+            event = ctypes.cast(events, ctypes.POINTER(_Event))
+            count = 0
+            while event[count].type != _EVENT_LIST_TERMINATED:
+                e = event[count]
+                if e.type == _EVENT_WORD:
+                    self._events.append(SynthesisEvent("word", e.text_position, e.sample))
+                elif e.type == _EVENT_PHONEME:
+                    name = e.id.string.decode("utf-8", "replace")
+                    self._events.append(SynthesisEvent("phoneme", e.text_position, e.sample, name))
+                count += 1
+            if count >= _MAX_EVENTS_PER_CALLBACK:
+                self._events_overflowed = True
         return 0
 
     def _loaded(self) -> _LoadedLibrary:
@@ -231,7 +304,13 @@ class ESpeakSynthesizer:
     def synthesize(
         self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, seed: int = 0
     ) -> np.ndarray:
-        """Speak ``text``.
+        """Speak ``text``; the audio of :meth:`synthesize_with_events` without the events."""
+        return self.synthesize_with_events(text, voice, rate, pitch, seed)[0]
+
+    def synthesize_with_events(
+        self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, seed: int = 0
+    ) -> tuple[np.ndarray, list[SynthesisEvent]]:
+        """Speak ``text``, and say when each word and phoneme starts.
 
         Args:
             text: what to say (UTF-8; punctuation is interpreted, not read aloud).
@@ -241,7 +320,13 @@ class ESpeakSynthesizer:
             seed: seed for eSpeak's internal noise generator (breathiness, some variants' roughness).
 
         Returns:
-            float32 array, shape (num_samples,), values in [-1, 1), at :attr:`sample_rate`.
+            ``(audio, events)``: float32 array, shape (num_samples,), values in [-1, 1), at
+            :attr:`sample_rate`; and eSpeak's word and phoneme events in time order
+            (:func:`word_times` turns them into word boundaries).
+
+        Raises:
+            ESpeakError: unknown voice, a library failure, or an event list that overflowed (events lost).
+            ValueError: ``rate`` or ``pitch`` out of range.
         """
         language, _, variant = voice.partition("+")
         if language.lower() not in self._languages:
@@ -268,17 +353,19 @@ class ESpeakSynthesizer:
                 lib.espeak_ng_SetRandSeed(int(seed))
             data = text.encode("utf-8") + b"\0"
             buf = ctypes.create_string_buffer(data, len(data))
-            self._chunks = []
+            self._chunks, self._events, self._events_overflowed = [], [], False
             try:
                 _check(
                     lib.espeak_Synth(buf, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None),
                     "espeak_Synth",
                 )
-                chunks = self._chunks
+                chunks, events, overflowed = self._chunks, self._events, self._events_overflowed
             finally:
-                self._chunks = []
+                self._chunks, self._events = [], []
+        if overflowed:
+            raise ESpeakError(f"eSpeak's event list overflowed while speaking {text!r}: events were lost")
         samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-        return samples.astype(np.float32) / np.float32(32768.0)
+        return samples.astype(np.float32) / np.float32(32768.0), events
 
 
 class _LoadedLibrary:
@@ -298,7 +385,10 @@ class _LoadedLibrary:
         try:
             _declare(lib)
             rate = lib.espeak_Initialize(
-                _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, owner._data_path.encode(), _INITIALIZE_DONT_EXIT
+                _AUDIO_OUTPUT_SYNCHRONOUS,
+                _BUFFER_MS,
+                owner._data_path.encode(),
+                _INITIALIZE_DONT_EXIT | _INITIALIZE_PHONEME_EVENTS,
             )
             if rate <= 0:
                 raise ESpeakError(f"espeak_Initialize failed (returned {rate}) with data {owner._data_path}")
@@ -324,3 +414,81 @@ class _LoadedLibrary:
                     f"{owner._lib_copy} stayed loaded after dlclose; fresh state cannot be ensured"
                 )
             owner._verified_unload = True
+
+
+_WORD = re.compile(r"\S+")
+
+
+def word_times(
+    text: str,
+    events: Sequence[SynthesisEvent],
+    sample_rate: int,
+    num_samples: int,
+    duration: float | None = None,
+) -> list[WordTime]:
+    """When each whitespace-separated word of ``text`` is spoken, from eSpeak's phoneme events.
+
+    A phoneme event carries the text position of the word it belongs to. A word's start is its first
+    phoneme's start; its end is the start of the event after its last phoneme (the next word's first
+    phoneme, or a pause ``_``), or the end of the audio. Times are ``sample / sample_rate`` seconds: they do
+    not change when the audio is resampled (soxr compensates its filter delay), only the clip at the end
+    does, so pass the resampled audio's ``duration``.
+
+    eSpeak pronounces some unstressed words together with the word before them ("in the", "from the",
+    "for a", "this one" in the corpus grammar): it reports one word whose phonemes carry the first word's
+    position and none for the others. Such a group gets its outer boundaries only: its first word's start
+    and its last word's end; the boundaries inside it are None (the merged phoneme string has no word
+    break to read them from). A word before any phoneme-bearing word takes the following group's start.
+    A token eSpeak reads as several words ("25": "twenty" at its position, "five" at the position of its
+    "5") stays one word, spanning them all: a position inside a word belongs to that word.
+
+    Args:
+        text: the text that was spoken; positions count characters from 1, as eSpeak's do.
+        events: from :meth:`ESpeakSynthesizer.synthesize_with_events`, in time order.
+        sample_rate: of the synthesiser's output (``ESpeakSynthesizer.sample_rate``), Hz.
+        num_samples: length of the synthesiser's output, samples.
+        duration: seconds of the audio the times will refer to (default ``num_samples / sample_rate``);
+            times are clipped to it.
+
+    Returns:
+        one :class:`WordTime` per word of ``text``, in order, times in seconds rounded to 0.1 ms.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    limit = num_samples / sample_rate if duration is None else duration
+    matches = list(_WORD.finditer(text))
+    word_starts = [m.start() + 1 for m in matches]  # 1-based, as eSpeak counts
+    phonemes = [e for e in events if e.kind == "phoneme"]
+    first: list[int | None] = [None] * len(matches)
+    last: list[int | None] = [None] * len(matches)
+    for i, event in enumerate(phonemes):
+        if event.is_pause:
+            continue
+        # The word whose first character is at or before the event's position (a split word's later
+        # parts, if any, point inside it).
+        k = max(0, bisect.bisect_right(word_starts, event.text_position) - 1)
+        if first[k] is None:
+            first[k] = i
+        last[k] = i
+    starts: list[int | None] = [None if i is None else phonemes[i].sample for i in first]
+    # The end is the next phoneme event's start (pauses included), or the end of the audio.
+    following = [e.sample for e in phonemes[1:]] + [num_samples]
+    ends: list[int | None] = [None if i is None else following[i] for i in last]
+    # Words without phonemes of their own were spoken inside a neighbour. A group is a word with phonemes
+    # and the silent words after it (the first group also takes the silent words before it); its outer
+    # boundaries move to its outermost words, and the inner ones stay unknown.
+    voiced = [k for k, i in enumerate(first) if i is not None]
+    group_ends = [*voiced[1:], len(matches)]
+    for g, (k, next_k) in enumerate(zip(voiced, group_ends, strict=True)):
+        lo, hi = (0 if g == 0 else k), next_k - 1
+        if lo != k:
+            starts[lo], starts[k] = starts[k], None
+        if hi != k:
+            ends[hi], ends[k] = ends[k], None
+
+    def seconds(sample: int | None) -> float | None:
+        return None if sample is None else round(min(max(sample / sample_rate, 0.0), limit), 4)
+
+    return [
+        WordTime(m.group(), seconds(s), seconds(e)) for m, s, e in zip(matches, starts, ends, strict=True)
+    ]

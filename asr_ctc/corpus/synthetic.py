@@ -3,8 +3,13 @@
 Layout of ``out_dir``::
 
     wavs/<split>-<nnnnnn>.wav   16 kHz mono 16-bit PCM
-    train.tsv dev.tsv test.tsv  manifests: id, audio (relative to out_dir), text, voice
+    train.tsv dev.tsv test.tsv  manifests: id, audio (relative to out_dir), text, voice, words
     corpus.json                 parameters, counts, hours and voices per split (written last)
+
+``words`` is the ground truth of when each word is spoken, from eSpeak's own phoneme events: JSON
+``[["play",0.0499,0.2599],...]``, word, start and end in seconds (see
+:func:`asr_ctc.corpus.espeak.word_times`; null where eSpeak spoke a word inside its neighbour). corpus.json
+describes the column under ``"word_times"``.
 
 The test split is a harder generalisation check than dev: its sentences never occur in train or dev, and
 its voice variants (3 by default: one male, one female, one Klatt-synthesised) are never used in train or
@@ -32,17 +37,28 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from asr_ctc.corpus.espeak import ESpeakSynthesizer, list_language_voices, list_variants
+from asr_ctc.boundaries import WordTime, words_from_json, words_to_json
+from asr_ctc.corpus.espeak import ESpeakSynthesizer, list_language_voices, list_variants, word_times
 from asr_ctc.corpus.grammar import generate_sentences, split_sentences
 from asr_ctc.data.audio import resample
-from asr_ctc.data.manifest import write_manifest
+from asr_ctc.data.manifest import read_manifest, write_manifest
 from asr_ctc.fileio import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "asr-ctc synthetic corpus v1"  # bump when the same parameters would give different files
+# Bump when the same parameters would give different files. v2: the manifests' words column (v1 audio
+# is byte-identical; only the manifests and corpus.json differ).
+FORMAT = "asr-ctc synthetic corpus v2"
 SPLITS = ("train", "dev", "test")
-MANIFEST_COLUMNS = ("id", "audio", "text", "voice")
+MANIFEST_COLUMNS = ("id", "audio", "text", "voice", "words")
+WORD_TIMES_DESCRIPTION = (
+    "manifest column 'words': JSON list of [word, start, end] per word of 'text', in order; seconds from "
+    "the start of the WAV, 0.1 ms resolution. start = the start of the word's first phoneme, end = the "
+    "start of the next phoneme or pause after its last phoneme (or the end of the audio), both from "
+    "eSpeak NG's phoneme events (sample-exact at its 22050 Hz; resampling does not move them). eSpeak "
+    "speaks some unstressed words inside the previous word ('in the', 'from the', 'for a', 'this one'): "
+    "such a group has its first word's start and its last word's end, and null for the boundaries inside it."
+)
 SAMPLING_RATE = 16000
 
 # English language voices in eSpeak NG (different accents and letter-to-sound rules).
@@ -199,16 +215,22 @@ def render_utterance(
     utt: Utterance,
     out_dir: str | os.PathLike,
     sampling_rate: int = SAMPLING_RATE,
-) -> int:
+) -> tuple[int, list[WordTime]]:
     """Speak one utterance, resample it to ``sampling_rate`` and write the WAV atomically.
 
     Returns:
-        the number of samples written.
+        the number of samples written, and each word's time span in the written audio (seconds).
     """
-    audio = synthesizer.synthesize(utt.text, voice=utt.voice, rate=utt.rate, pitch=utt.pitch, seed=utt.seed)
+    audio, events = synthesizer.synthesize_with_events(
+        utt.text, voice=utt.voice, rate=utt.rate, pitch=utt.pitch, seed=utt.seed
+    )
     if audio.size == 0:
         raise RuntimeError(f"eSpeak produced no audio for {utt.id} ({utt.text!r}, {utt.voice})")
+    num_synth_samples = audio.shape[0]
     audio = resample(audio, synthesizer.sample_rate, sampling_rate)
+    words = word_times(
+        utt.text, events, synthesizer.sample_rate, num_synth_samples, duration=audio.shape[0] / sampling_rate
+    )
     # Some variants reach full scale (eSpeak's gain control stops at the int16 limit) and resampling can
     # overshoot it; scale those down rather than clip.
     peak = float(np.abs(audio).max())
@@ -218,7 +240,7 @@ def render_utterance(
     # No fsync per file: make_synthetic_corpus syncs once before corpus.json vouches for the files.
     with atomic_write(Path(out_dir) / utt.audio, "wb", durable=False) as handle:
         sf.write(handle, pcm, sampling_rate, format="WAV", subtype="PCM_16")
-    return int(pcm.shape[0])
+    return int(pcm.shape[0]), words
 
 
 # Per-process synthesizer for pool workers (set by _init_worker).
@@ -230,7 +252,7 @@ def _init_worker() -> None:
     _WORKER_SYNTH = ESpeakSynthesizer()
 
 
-def _render_in_worker(job: tuple[Utterance, str, int]) -> tuple[str, int]:
+def _render_in_worker(job: tuple[Utterance, str, int]) -> tuple[str, tuple[int, list[WordTime]]]:
     utt, out_dir, sampling_rate = job
     assert _WORKER_SYNTH is not None, "worker not initialised"
     return utt.id, render_utterance(_WORKER_SYNTH, utt, out_dir, sampling_rate)
@@ -238,15 +260,15 @@ def _render_in_worker(job: tuple[Utterance, str, int]) -> tuple[str, int]:
 
 def _render_all(
     utterances: Sequence[Utterance], out_dir: Path, sampling_rate: int, num_workers: int, progress: bool
-) -> dict[str, int]:
-    """Render every utterance; return ``{id: num_samples}``."""
-    lengths: dict[str, int] = {}
+) -> dict[str, tuple[int, list[WordTime]]]:
+    """Render every utterance; return ``{id: (num_samples, word times)}``."""
+    rendered: dict[str, tuple[int, list[WordTime]]] = {}
     bar = tqdm(total=len(utterances), unit="utt", desc="synthesizing", disable=not progress, smoothing=0.1)
     with bar:
         if num_workers <= 1:
             with ESpeakSynthesizer() as synthesizer:
                 for utt in utterances:
-                    lengths[utt.id] = render_utterance(synthesizer, utt, out_dir, sampling_rate)
+                    rendered[utt.id] = render_utterance(synthesizer, utt, out_dir, sampling_rate)
                     bar.update()
         else:
             jobs = [(utt, str(out_dir), sampling_rate) for utt in utterances]
@@ -257,12 +279,12 @@ def _render_all(
             # child would inherit in a locked state.
             context = multiprocessing.get_context("spawn")
             with context.Pool(num_workers, initializer=_init_worker) as pool:
-                for utt_id, num_samples in pool.imap_unordered(_render_in_worker, jobs, chunksize=chunksize):
-                    lengths[utt_id] = num_samples
+                for utt_id, result in pool.imap_unordered(_render_in_worker, jobs, chunksize=chunksize):
+                    rendered[utt_id] = result
                     bar.update()
                 pool.close()
                 pool.join()
-    return lengths
+    return rendered
 
 
 def _remove_stale_wavs(wav_dir: Path, keep: set[str]) -> int:
@@ -297,6 +319,7 @@ def _summarise(
         "parameters": params,
         "espeak_ng_version": version,
         "test_variants": plan.test_variants,
+        "word_times": WORD_TIMES_DESCRIPTION,
         "total": {"utterances": len(plan.utterances), "hours": round(total_seconds / 3600, 4)},
         "splits": splits,
     }
@@ -351,12 +374,17 @@ def make_synthetic_corpus(
     summary_path.unlink(missing_ok=True)
     wav_dir = out_dir / "wavs"
     wav_dir.mkdir(parents=True, exist_ok=True)
-    lengths = _render_all(plan.utterances, out_dir, sampling_rate, num_workers, progress)
+    rendered = _render_all(plan.utterances, out_dir, sampling_rate, num_workers, progress)
+    lengths = {utt_id: num_samples for utt_id, (num_samples, _) in rendered.items()}
     removed = _remove_stale_wavs(wav_dir, {Path(u.audio).name for u in plan.utterances})
     if removed:
         logger.info("removed %d WAV files left from an earlier corpus", removed)
     for split in SPLITS:
-        rows = [dataclasses.asdict(u) | {"audio": u.audio} for u in plan.utterances if u.split == split]
+        rows = [
+            dataclasses.asdict(u) | {"audio": u.audio, "words": words_to_json(rendered[u.id][1])}
+            for u in plan.utterances
+            if u.split == split
+        ]
         write_manifest(out_dir / f"{split}.tsv", rows, MANIFEST_COLUMNS)
     with ESpeakSynthesizer() as synthesizer:
         version = synthesizer.version
@@ -365,3 +393,35 @@ def make_synthetic_corpus(
         os.sync()
     atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def read_word_times(
+    manifest: str | os.PathLike,
+    column: str = "words",
+    group_column: str = "voice",
+    *,
+    audio_column: str = "audio",
+    text_column: str = "text",
+    id_column: str = "id",
+) -> dict[str, tuple[list[WordTime], str | None]] | None:
+    """The true word times of a manifest's utterances, ``{id: (words, group)}``; None when it has no
+    ``column``. The group is the ``group_column`` value's voice variant (``"en-us+f3"`` -> ``"f3"``: the
+    corpus holds out variants for its test split), None without that column. The other columns are
+    :func:`asr_ctc.data.manifest.read_manifest`'s (ids as the data pipeline reads them).
+
+    Raises:
+        ManifestError: the manifest cannot be read (see :func:`asr_ctc.data.manifest.read_manifest`).
+        ValueError: a ``words`` value is malformed, naming the manifest and the utterance.
+    """
+    rows = read_manifest(manifest, audio_column, text_column, id_column)
+    if not rows or column not in rows[0]:
+        return None
+    out = {}
+    for row in rows:
+        try:
+            words = words_from_json(row[column])
+        except ValueError as exc:
+            raise ValueError(f"{manifest}, utterance {row['id']}: {exc}") from exc
+        voice = row.get(group_column)
+        out[row["id"]] = (words, None if voice is None else (str(voice).partition("+")[2] or str(voice)))
+    return out
