@@ -287,7 +287,7 @@ def test_split_from_another_working_directory(tiny_corpus, tmp_path, monkeypatch
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the data paths were checked")
 
-    monkeypatch.setattr("asr_ctc.inference.AutoModelForCTC.from_pretrained", no_loading)
+    monkeypatch.setattr("asr_ctc.inference.load_ctc_model", no_loading)
     capsys.readouterr()
     assert inference_main(["--model", str(old), "--split", "test"]) == 2
     err = capsys.readouterr().err
