@@ -335,6 +335,26 @@ def test_registered_variants_log_probs_and_term():
         register_variant("star_weight")
 
 
+def test_package_variants_read_their_value_from_a_loss_config_field():
+    """How this package's other modules (timing variants) plug in: ``config_field=True``. Shown with an
+    existing field, removed from the registry afterwards."""
+    from asr_ctc import variants
+
+    lp, targets, frames, lengths = _random_case(torch.float64, seed=9)
+    with pytest.raises(ValueError, match="'no_such_key' is not a LossConfig field"):
+        register_variant("no_such_key", config_field=True)
+    try:
+        register_variant("zero_infinity", kind="term", config_field=True)(
+            lambda batch, value: torch.full_like(batch.target_lengths, 7, dtype=batch.log_probs.dtype)
+        )
+        assert "zero_infinity" not in variants.registered_variants()  # not a loss.variants name
+        plain = ctc_loss(lp, targets, frames, lengths, reduction="none", zero_infinity=True)
+        got = per_utterance_loss(lp, targets, frames, lengths, 0, LossConfig())
+        torch.testing.assert_close(got, plain + 7)
+    finally:
+        variants._REGISTRY.pop("zero_infinity", None)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
