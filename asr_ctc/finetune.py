@@ -17,7 +17,15 @@ from typing import Any
 import yaml
 from transformers import TrainingArguments, Wav2Vec2Processor, set_seed
 
-from .config import RUN_CONFIG, ConfigError, ExperimentConfig, check_reporting, load_yaml, to_dict
+from .config import (
+    RUN_CONFIG,
+    ConfigError,
+    ExperimentConfig,
+    LossConfig,
+    check_reporting,
+    load_yaml,
+    to_dict,
+)
 from .data.collator import CTCDataCollator
 from .data.dataset import open_split, open_streaming_split, streaming_texts
 from .data.index import load_source_index
@@ -119,8 +127,10 @@ def _math_view(tree: dict[str, Any]) -> dict[str, Any]:
         for k, v in training.items()
         if k not in _RESUME_FREE_TRAINING_KEYS and not k.startswith(_RESUME_FREE_TRAINING_PREFIXES)
     }
+    # Loss keys a saved run predates (the loss variants) had their default, which is plain CTC.
+    loss = {**dataclasses.asdict(LossConfig()), **(tree.get("loss") or {})}
     view: dict[str, Any] = {}
-    for name, section in (("model", tree.get("model")), ("data", data), ("loss", tree.get("loss"))):
+    for name, section in (("model", tree.get("model")), ("data", data), ("loss", loss)):
         view.update(_flatten(section or {}, name))
     view.update({f"training.{k}": v for k, v in training.items()})
     return view

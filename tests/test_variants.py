@@ -383,6 +383,20 @@ def test_variant_keys_load_from_yaml_overrides():
         config_from_dict(apply_overrides(raw, ["loss.star_weight=3"]), False)
 
 
+def test_a_run_saved_before_the_variant_keys_resumes_as_plain_ctc():
+    from asr_ctc.config import config_from_dict, to_dict
+    from asr_ctc.finetune import resume_differences
+
+    raw = {"output_dir": "x", "data": {"train": {"manifest": "m.tsv"}}, "loss": {"impl": "custom"}}
+    saved = to_dict(config_from_dict(raw, check_files=False))
+    keys = ("label_smoothing", "focal_gamma", "max_entropy", "wildcard_weight", "star_weight", "variants")
+    for key in keys:
+        del saved["loss"][key]  # what an older run_config.yaml holds
+    assert resume_differences(saved, config_from_dict(raw, check_files=False)) == []
+    changed = config_from_dict({**raw, "loss": {"star_weight": 0.1}}, check_files=False)
+    assert resume_differences(saved, changed) == ["loss.star_weight: 0.0 -> 0.1"]
+
+
 # -- README: "Writing your own variant" ---------------------------------------------------------------------
 
 
