@@ -29,7 +29,8 @@ then run on them) or a (B,) term added to the loss (``kind="term"``), registered
 by ``LossConfig(variants={name: value})``.
 
 This package's own variants in other modules (e.g. the timing variants) register the same way with
-``config_field=True`` and declare their key on ``LossConfig`` with help and a range.
+``config_field=True``, declare their key on ``LossConfig`` with help and a ``"range"`` (validated there
+like the built-in keys), and are imported at the end of this module so that they are registered.
 
 Encoder-level variants (intermediate and self-conditioned CTC, CR-CTC) need the model's hidden states, not
 just its output: they call :func:`per_utterance_loss` once per output they score.
