@@ -270,6 +270,33 @@ def test_focal_ctc_weight_and_gradient():
     torch.testing.assert_close(focal_ctc(x, 0.0), x)  # gamma 0: plain CTC
 
 
+@pytest.mark.parametrize("setting", ["plain", "star", "all"])
+def test_focal_and_label_smoothing_on_top_of_the_brute_force(setting):
+    """The assembled loss of every variant at once, against brute force: focal weight of the enumerated
+    -log Z, minus beta H of the enumerated alignment distribution, plus eps KL from kl_div."""
+    wildcard, star, entropy = SETTINGS[setting]
+    lp, targets, frames, lengths = _batch(seed=11)
+    cfg = LossConfig(
+        focal_gamma=1.5, label_smoothing=0.3, max_entropy=entropy, wildcard_weight=wildcard, star_weight=star
+    )
+    got = per_utterance_loss(lp, targets, frames, lengths, 0, cfg)
+    uniform = torch.full((3,), 1.0 / 3, dtype=torch.float64)
+    want = []
+    for b, target in enumerate(TARGETS):
+        x = lp[: FRAMES[b], b]
+        nll = _brute_force_loss(x, target, wildcard, star)
+        h = (_brute_force_loss(x, target, wildcard, star, 1.0) - nll) / -1.0
+        kl = sum(F.kl_div(x[t], uniform, reduction="sum") for t in range(FRAMES[b]))
+        # focal_ctc's rule for L <= 0 (W-CTC's loss can be negative: its alignments overlap): 0
+        focal = (1 - torch.exp(-nll)) ** 1.5 * nll if nll > 0 else 0 * nll
+        want.append(focal - entropy * h + 0.3 * kl)
+    want = torch.stack(want)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    (g1,) = torch.autograd.grad(got.sum(), lp)
+    (g2,) = torch.autograd.grad(want.sum(), lp)
+    torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-10)
+
+
 # -- per_utterance_loss: the function the trainer calls ---------------------------------------------------
 
 
@@ -329,6 +356,8 @@ def test_registered_variants_log_probs_and_term():
 
     with pytest.raises(ValueError, match="'_test_bad' \\(term\\) must return a tensor of shape \\(4,\\)"):
         per_utterance_loss(lp, targets, frames, lengths, 0, LossConfig(variants={"_test_bad": 1.0}))
+    with pytest.raises(ValueError, match="variants: 'nope' is not registered"):
+        per_utterance_loss(lp, targets, frames, lengths, 0, LossConfig(variants={"nope": 1.0}))
     with pytest.raises(ValueError, match="kind: expected one of"):
         register_variant("x", kind="other")
     with pytest.raises(ValueError, match="name: expected a new variant name"):
@@ -365,7 +394,7 @@ def test_package_variants_read_their_value_from_a_loss_config_field():
         ({"max_entropy": 0.1, "impl": "torch"}, "max_entropy: needs impl custom"),
         ({"wildcard_weight": 1.0, "impl": "reference"}, "wildcard_weight: needs impl custom"),
         ({"label_smoothing": 0.1, "impl": "builtin"}, "impl: builtin computes plain CTC"),
-        ({"variants": {"nope": 1.0}}, "variants: 'nope' is not a registered variant"),
+        ({"variants": {"nope": "high"}}, "variants: nope: expected a finite number"),
     ],
 )
 def test_loss_config_rejects_bad_variant_settings(kwargs, match):
