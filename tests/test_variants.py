@@ -297,6 +297,22 @@ def test_focal_and_label_smoothing_on_top_of_the_brute_force(setting):
     torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-10)
 
 
+def test_every_variant_in_float32_matches_float64():
+    cfg = LossConfig(
+        label_smoothing=0.1, focal_gamma=1.0, max_entropy=0.2, wildcard_weight=0.5, star_weight=0.2
+    )
+    lp64, targets, frames, lengths = _random_case(torch.float64, seed=12)
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        lp = lp64.detach().to(dtype).requires_grad_()
+        loss = per_utterance_loss(lp, targets, frames, lengths, 0, cfg)
+        (grad,) = torch.autograd.grad(loss.sum(), lp)
+        assert loss.dtype == grad.dtype == dtype
+        results[dtype] = (loss.double(), grad.double())
+    for got, want in zip(results[torch.float32], results[torch.float64], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 # -- per_utterance_loss: the function the trainer calls ---------------------------------------------------
 
 
