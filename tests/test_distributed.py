@@ -38,7 +38,7 @@ LAUNCHERS = {
 }
 
 
-def _losses(launcher, cfg_path, out, batch, impl, reduction):
+def _losses(launcher, cfg_path, out, batch, impl, reduction, overrides=()):
     cmd = [
         *LAUNCHERS[launcher],
         "scripts/finetune.py",
@@ -48,6 +48,7 @@ def _losses(launcher, cfg_path, out, batch, impl, reduction):
         f"training.per_device_train_batch_size={batch}",
         f"loss.impl={impl}",
         f"loss.reduction={reduction}",
+        *overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)

@@ -21,7 +21,15 @@ def _model(processor, seed=0, **overrides):
 
 
 def _trainer(
-    processor, model, dataset, tmp_path, impl="custom", reduction="mean", zero_infinity=True, **args
+    processor,
+    model,
+    dataset,
+    tmp_path,
+    impl="custom",
+    reduction="mean",
+    zero_infinity=True,
+    loss_config=None,
+    **args,
 ):
     targs = dict(
         output_dir=str(tmp_path / "out"),
@@ -43,9 +51,12 @@ def _trainer(
         data_collator=CTCDataCollator(processor),
         train_dataset=dataset,
         processing_class=processor,
-        ctc_impl=impl,
-        ctc_reduction=reduction,
-        ctc_zero_infinity=zero_infinity,
+        # A LossConfig (the loss variants' tests) or the three keywords.
+        **(
+            {"loss_config": loss_config}
+            if loss_config is not None
+            else {"ctc_impl": impl, "ctc_reduction": reduction, "ctc_zero_infinity": zero_infinity}
+        ),
     )
 
 

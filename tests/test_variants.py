@@ -270,6 +270,49 @@ def test_focal_ctc_weight_and_gradient():
     torch.testing.assert_close(focal_ctc(x, 0.0), x)  # gamma 0: plain CTC
 
 
+@pytest.mark.parametrize("setting", ["plain", "star", "all"])
+def test_focal_and_label_smoothing_on_top_of_the_brute_force(setting):
+    """The assembled loss of every variant at once, against brute force: focal weight of the enumerated
+    -log Z, minus beta H of the enumerated alignment distribution, plus eps KL from kl_div."""
+    wildcard, star, entropy = SETTINGS[setting]
+    lp, targets, frames, lengths = _batch(seed=11)
+    cfg = LossConfig(
+        focal_gamma=1.5, label_smoothing=0.3, max_entropy=entropy, wildcard_weight=wildcard, star_weight=star
+    )
+    got = per_utterance_loss(lp, targets, frames, lengths, 0, cfg)
+    uniform = torch.full((3,), 1.0 / 3, dtype=torch.float64)
+    want = []
+    for b, target in enumerate(TARGETS):
+        x = lp[: FRAMES[b], b]
+        nll = _brute_force_loss(x, target, wildcard, star)
+        h = (_brute_force_loss(x, target, wildcard, star, 1.0) - nll) / -1.0
+        kl = sum(F.kl_div(x[t], uniform, reduction="sum") for t in range(FRAMES[b]))
+        # focal_ctc's rule for L <= 0 (W-CTC's loss can be negative: its alignments overlap): 0
+        focal = (1 - torch.exp(-nll)) ** 1.5 * nll if nll > 0 else 0 * nll
+        want.append(focal - entropy * h + 0.3 * kl)
+    want = torch.stack(want)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    (g1,) = torch.autograd.grad(got.sum(), lp)
+    (g2,) = torch.autograd.grad(want.sum(), lp)
+    torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-10)
+
+
+def test_every_variant_in_float32_matches_float64():
+    cfg = LossConfig(
+        label_smoothing=0.1, focal_gamma=1.0, max_entropy=0.2, wildcard_weight=0.5, star_weight=0.2
+    )
+    lp64, targets, frames, lengths = _random_case(torch.float64, seed=12)
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        lp = lp64.detach().to(dtype).requires_grad_()
+        loss = per_utterance_loss(lp, targets, frames, lengths, 0, cfg)
+        (grad,) = torch.autograd.grad(loss.sum(), lp)
+        assert loss.dtype == grad.dtype == dtype
+        results[dtype] = (loss.double(), grad.double())
+    for got, want in zip(results[torch.float32], results[torch.float64], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 # -- per_utterance_loss: the function the trainer calls ---------------------------------------------------
 
 
@@ -329,10 +372,32 @@ def test_registered_variants_log_probs_and_term():
 
     with pytest.raises(ValueError, match="'_test_bad' \\(term\\) must return a tensor of shape \\(4,\\)"):
         per_utterance_loss(lp, targets, frames, lengths, 0, LossConfig(variants={"_test_bad": 1.0}))
+    with pytest.raises(ValueError, match="variants: 'nope' is not registered"):
+        per_utterance_loss(lp, targets, frames, lengths, 0, LossConfig(variants={"nope": 1.0}))
     with pytest.raises(ValueError, match="kind: expected one of"):
         register_variant("x", kind="other")
     with pytest.raises(ValueError, match="name: expected a new variant name"):
         register_variant("star_weight")
+
+
+def test_package_variants_read_their_value_from_a_loss_config_field():
+    """How this package's other modules (timing variants) plug in: ``config_field=True``. Shown with an
+    existing field, removed from the registry afterwards."""
+    from asr_ctc import variants
+
+    lp, targets, frames, lengths = _random_case(torch.float64, seed=9)
+    with pytest.raises(ValueError, match="'no_such_key' is not a LossConfig field"):
+        register_variant("no_such_key", config_field=True)
+    try:
+        register_variant("zero_infinity", kind="term", config_field=True)(
+            lambda batch, value: torch.full_like(batch.target_lengths, 7, dtype=batch.log_probs.dtype)
+        )
+        assert "zero_infinity" not in variants.registered_variants()  # not a loss.variants name
+        plain = ctc_loss(lp, targets, frames, lengths, reduction="none", zero_infinity=True)
+        got = per_utterance_loss(lp, targets, frames, lengths, 0, LossConfig())
+        torch.testing.assert_close(got, plain + 7)
+    finally:
+        variants._REGISTRY.pop("zero_infinity", None)
 
 
 @pytest.mark.parametrize(
@@ -345,7 +410,7 @@ def test_registered_variants_log_probs_and_term():
         ({"max_entropy": 0.1, "impl": "torch"}, "max_entropy: needs impl custom"),
         ({"wildcard_weight": 1.0, "impl": "reference"}, "wildcard_weight: needs impl custom"),
         ({"label_smoothing": 0.1, "impl": "builtin"}, "impl: builtin computes plain CTC"),
-        ({"variants": {"nope": 1.0}}, "variants: 'nope' is not a registered variant"),
+        ({"variants": {"nope": "high"}}, "variants: nope: expected a finite number"),
     ],
 )
 def test_loss_config_rejects_bad_variant_settings(kwargs, match):
@@ -361,6 +426,20 @@ def test_variant_keys_load_from_yaml_overrides():
     assert cfg.loss.star_weight == 0.25 and cfg.loss.max_entropy == 1.0
     with pytest.raises(ConfigError, match="loss.star_weight: expected a number in"):
         config_from_dict(apply_overrides(raw, ["loss.star_weight=3"]), False)
+
+
+def test_a_run_saved_before_the_variant_keys_resumes_as_plain_ctc():
+    from asr_ctc.config import config_from_dict, to_dict
+    from asr_ctc.finetune import resume_differences
+
+    raw = {"output_dir": "x", "data": {"train": {"manifest": "m.tsv"}}, "loss": {"impl": "custom"}}
+    saved = to_dict(config_from_dict(raw, check_files=False))
+    keys = ("label_smoothing", "focal_gamma", "max_entropy", "wildcard_weight", "star_weight", "variants")
+    for key in keys:
+        del saved["loss"][key]  # what an older run_config.yaml holds
+    assert resume_differences(saved, config_from_dict(raw, check_files=False)) == []
+    changed = config_from_dict({**raw, "loss": {"star_weight": 0.1}}, check_files=False)
+    assert resume_differences(saved, changed) == ["loss.star_weight: 0.0 -> 0.1"]
 
 
 # -- README: "Writing your own variant" ---------------------------------------------------------------------

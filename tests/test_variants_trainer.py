@@ -3,22 +3,17 @@ DDP give the same losses as the plain-CTC harness checks for the loss itself."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-
 import numpy as np
 import pytest
 import torch
 import yaml
 from helpers import random_dataset, tiny_run_config
-from test_distributed import LAUNCHERS, REPO
-from test_trainer import _model
-from transformers import TrainingArguments
+from test_distributed import _losses
+from test_trainer import _logged_losses, _model
+from test_trainer import _trainer as _plain_trainer
 
 from asr_ctc.config import LossConfig
 from asr_ctc.data.collator import CTCDataCollator
-from asr_ctc.trainer import CTCTrainer
 
 # One setting per variant (and two combinations), each far enough from 0 to change the loss.
 VARIANTS = {
@@ -33,28 +28,7 @@ VARIANTS = {
 
 
 def _trainer(processor, model, dataset, tmp_path, loss: LossConfig, **args):
-    targs = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        max_steps=3,
-        learning_rate=1e-3,
-        seed=0,
-        per_device_train_batch_size=8,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-    targs.update(args)
-    return CTCTrainer(
-        model=model,
-        args=TrainingArguments(**targs),
-        data_collator=CTCDataCollator(processor),
-        train_dataset=dataset,
-        processing_class=processor,
-        loss_config=loss,
-    )
+    return _plain_trainer(processor, model, dataset, tmp_path, loss_config=loss, **args)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -88,11 +62,6 @@ def test_padded_batch_equals_utterances_alone_for_every_reduction(tiny_processor
         assert got == pytest.approx(want, rel=1e-4), reduction
 
 
-def _logged_losses(trainer):
-    trainer.train()
-    return [e["loss"] for e in trainer.state.log_history if "loss" in e]
-
-
 @pytest.mark.parametrize(
     ("variant", "reduction"),
     [("star+max_entropy", "token_mean"), ("smoothing+focal", "mean"), ("wctc", "sum")],
@@ -118,34 +87,15 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_processor, tmp_path, 
     np.testing.assert_allclose(accum, full, rtol=1e-4)
 
 
-def _ddp_losses(launcher, cfg_path, out, batch, overrides):
-    # A port of its own: the plain-CTC DDP tests use LAUNCHERS' 29533.
-    launch = [a if a != "29533" else "29547" for a in LAUNCHERS[launcher]]
-    cmd = [
-        *launch,
-        "scripts/finetune.py",
-        "--config",
-        str(cfg_path),
-        f"output_dir={out}",
-        f"training.per_device_train_batch_size={batch}",
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
-    history = json.loads((out / "log_history.json").read_text())
-    return [e["loss"] for e in history if "loss" in e]
-
-
 @pytest.mark.parametrize(
-    "overrides",
+    ("reduction", "overrides"),
     [
-        ["loss.reduction=token_mean", "loss.star_weight=0.3", "loss.max_entropy=0.2"],
-        ["loss.label_smoothing=0.05", "loss.focal_gamma=1.0", "loss.wildcard_weight=1.0"],
+        ("token_mean", ["loss.star_weight=0.3", "loss.max_entropy=0.2"]),
+        ("mean", ["loss.label_smoothing=0.05", "loss.focal_gamma=1.0", "loss.wildcard_weight=1.0"]),
     ],
     ids=["star+max_entropy", "smoothing+focal+wctc"],
 )
-def test_two_processes_match_one_process(tiny_corpus, tmp_path, overrides):
+def test_two_processes_match_one_process(tiny_corpus, tmp_path, reduction, overrides):
     cfg = tiny_run_config(
         tiny_corpus,
         tmp_path / "unused",
@@ -156,7 +106,7 @@ def test_two_processes_match_one_process(tiny_corpus, tmp_path, overrides):
     )
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    one = _ddp_losses("single", cfg_path, tmp_path / "one", 8, overrides)
-    two = _ddp_losses("torchrun", cfg_path, tmp_path / "two", 4, overrides)
+    one = _losses("single", cfg_path, tmp_path / "one", 8, "custom", reduction, overrides)
+    two = _losses("torchrun", cfg_path, tmp_path / "two", 4, "custom", reduction, overrides)
     assert len(one) == len(two) == 2
     np.testing.assert_allclose(two, one, rtol=1e-4)

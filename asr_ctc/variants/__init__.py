@@ -28,12 +28,17 @@ returns either new (T, B, C) log-probabilities (``kind="log_probs"``: plain CTC,
 then run on them) or a (B,) term added to the loss (``kind="term"``), registered under a name, switched on
 by ``LossConfig(variants={name: value})``.
 
+This package's own variants in other modules (e.g. the timing variants) register the same way with
+``config_field=True``, declare their key on ``LossConfig`` with help and a ``"range"`` (validated there
+like the built-in keys), and are imported at the end of this module so that they are registered.
+
 Encoder-level variants (intermediate and self-conditioned CTC, CR-CTC) need the model's hidden states, not
 just its output: they call :func:`per_utterance_loss` once per output they score.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -93,13 +98,17 @@ class _Variant:
     name: str
     kind: str
     fn: Callable[[CTCBatch, float], Tensor]
+    config_field: bool  # the value is LossConfig.<name>, not LossConfig.variants[name]
+
+    def value(self, config: LossConfig) -> float:
+        return getattr(config, self.name) if self.config_field else config.variants.get(self.name, 0)
 
 
 _REGISTRY: dict[str, _Variant] = {}
 
 
 def register_variant(
-    name: str, kind: str = "term"
+    name: str, kind: str = "term", *, config_field: bool = False
 ) -> Callable[[Callable[[CTCBatch, float], Tensor]], Callable[[CTCBatch, float], Tensor]]:
     """Register your own variant under ``name`` (a decorator); switch it on with ``LossConfig(variants=...)``.
 
@@ -108,26 +117,34 @@ def register_variant(
         kind: ``"log_probs"``: ``fn(batch, value)`` returns (T, B, C) scores that the CTC (or lattice
             variant) is computed on instead of ``batch.log_probs``; ``"term"``: it returns a (B,) loss added
             to each utterance's loss. ``value`` is the config's; 0 means off and the function is not called.
+        config_field: for this project's own variants in other modules of this package: the value is the
+            ``LossConfig`` field ``name`` (declared there with help and a ``"range"``, so it is validated
+            and documented like the built-in keys) instead of an entry of ``LossConfig.variants``.
 
     Raises:
-        ValueError: an unknown ``kind``, or a ``name`` that is a built-in variant's config key.
+        ValueError: an unknown ``kind``; a ``name`` that is a built-in variant's config key; with
+            ``config_field``, a ``name`` that is not a ``LossConfig`` field.
     """
+    from ..config import LossConfig
+
     if kind not in VARIANT_KINDS:
         raise ValueError(f"kind: expected one of {', '.join(VARIANT_KINDS)}, got {kind!r}")
     if not isinstance(name, str) or not name or name in BUILTIN_KEYS:
         builtin = ", ".join(BUILTIN_KEYS)
         raise ValueError(f"name: expected a new variant name (not one of {builtin}), got {name!r}")
+    if config_field and name not in {f.name for f in dataclasses.fields(LossConfig)}:
+        raise ValueError(f"name: {name!r} is not a LossConfig field (config_field=True)")
 
     def decorate(fn: Callable[[CTCBatch, float], Tensor]) -> Callable[[CTCBatch, float], Tensor]:
-        _REGISTRY[name] = _Variant(name, kind, fn)
+        _REGISTRY[name] = _Variant(name, kind, fn, config_field)
         return fn
 
     return decorate
 
 
 def registered_variants() -> tuple[str, ...]:
-    """Names registered with :func:`register_variant` so far."""
-    return tuple(_REGISTRY)
+    """Names registered with :func:`register_variant` so far (for ``LossConfig.variants``)."""
+    return tuple(name for name, v in _REGISTRY.items() if not v.config_field)
 
 
 def _checked(name: str, kind: str, value: Tensor, expected: tuple[int, ...]) -> Tensor:
@@ -177,17 +194,17 @@ def per_utterance_loss(
     if config.impl not in LOSS_FUNCTIONS:
         raise ValueError(f"impl: {config.impl!r} has no per-utterance loss here (builtin is the model's own)")
     batch = CTCBatch(log_probs, targets, input_lengths, target_lengths, blank)
-    user = []
-    for name, value in config.variants.items():
-        if value == 0:
-            continue
-        if name not in _REGISTRY:
+    for name in config.variants:
+        if name not in registered_variants():
             known = ", ".join(registered_variants()) or "none"
             raise ValueError(f"variants: {name!r} is not registered (register_variant); registered: {known}")
-        user.append(_REGISTRY[name])
+    # The registered variants that are on: this package's own (LossConfig fields) first, then the user's in
+    # the order of loss.variants.
+    fields = [v for v in _REGISTRY.values() if v.config_field]
+    user = [v for v in fields + [_REGISTRY[name] for name in config.variants] if v.value(config) != 0]
     scores = log_probs if scores is None else scores
     for variant in (v for v in user if v.kind == "log_probs"):
-        new = variant.fn(replace(batch, log_probs=scores), config.variants[variant.name])
+        new = variant.fn(replace(batch, log_probs=scores), variant.value(config))
         scores = _checked(variant.name, variant.kind, new, tuple(log_probs.shape))
 
     entropy = None
@@ -221,6 +238,6 @@ def per_utterance_loss(
     if config.label_smoothing:
         loss = loss + config.label_smoothing * label_smoothing_kl(log_probs, input_lengths)
     for variant in (v for v in user if v.kind == "term"):
-        term = variant.fn(batch, config.variants[variant.name])
+        term = variant.fn(batch, variant.value(config))
         loss = loss + _checked(variant.name, variant.kind, term, tuple(target_lengths.shape))
     return loss
