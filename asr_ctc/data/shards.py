@@ -132,8 +132,8 @@ def _unsafe(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def _warn(shard: str, member: str | None, why: str) -> None:
-    where = f"shard {shard}" + (f", member {member}" if member else "")
+def _warn(shard: str, member: str | None, why: str, what: str = "member") -> None:
+    where = f"shard {shard}" + (f", {what} {member}" if member else "")
     logger.warning("%s: skipped: %s", where, why)
 
 
@@ -196,16 +196,15 @@ def iter_samples(
                     yield current
                 current = _Sample(key=key, text=None, meta="", audio=None)
             if kind in AUDIO_EXTENSIONS and current["audio"] is None:
-                current["audio"] = member.name
-                current["offset"], current["size"] = member.offset_data, member.size
-                if stream:
+                if stream:  # read first: a member cut short raises here, before it counts as the audio
                     handle = tar.extractfile(member)
                     data = handle.read() if handle is not None else b""
                     if len(data) != member.size:
                         _warn(shard, member.name, f"truncated: {len(data)} of {member.size} bytes")
-                        current["audio"] = None
                         continue
                     current["bytes"] = data
+                current["audio"] = member.name
+                current["offset"], current["size"] = member.offset_data, member.size
             elif ext == TEXT_EXTENSION:
                 current["text"] = _read_text(tar, member, shard)
             elif ext == META_EXTENSION:
@@ -221,7 +220,7 @@ def iter_samples(
 
 def _usable(sample: _Sample, shard: str) -> bool:
     if sample["audio"] is None:
-        _warn(shard, sample["key"], f"no audio member ({', '.join(AUDIO_EXTENSIONS)})")
+        _warn(shard, sample["key"], f"no audio member ({', '.join(AUDIO_EXTENSIONS)})", "utterance")
         return False
     return True
 
