@@ -22,6 +22,7 @@ index (:mod:`asr_ctc.data.index`) and the dataset (:mod:`asr_ctc.data.dataset`) 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import importlib.util
 import json
@@ -245,6 +246,10 @@ class HubSource(Source):
         if cfg.data_files is not None:
             kwargs["data_files"] = cfg.data_files
             files = [cfg.data_files] if isinstance(cfg.data_files, str) else list(cfg.data_files)
+            for pattern in files:  # datasets answers a local pattern that matches nothing with StopIteration
+                local = os.path.expanduser(str(pattern))
+                if "://" not in local and not glob.glob(local):
+                    raise self.error(f"data_files: no file matches {pattern}")
             if cfg.hub_name == "csv" and files and all(str(f).lower().endswith(".tsv") for f in files):
                 kwargs["sep"] = "\t"  # datasets' csv builder reads commas unless told
                 logger.info("%s: reading .tsv data_files tab-separated", self.label)
