@@ -157,7 +157,6 @@ def _finetune(args, config: str, overrides: list[str], out_dir: Path, env) -> tu
         "training.eval_strategy=no",
         "training.save_strategy=no",
         f"training.dataloader_num_workers={args.workers}",
-        "data.eval=null",
     ]
     start = time.perf_counter()
     _, peak_mib = _peak(finetune, env)
@@ -175,15 +174,16 @@ _READER_JOBS = {
 import sys, time, numpy as np
 from asr_ctc.config import DataConfig, SourceConfig
 from asr_ctc.data.index import load_source_index
-from asr_ctc.data.dataset import SpeechDataset
+from asr_ctc.data.audio import decode_audio
 data = DataConfig(train=SourceConfig(shards=sys.argv[1]), cache_dir=sys.argv[2])
 t = time.perf_counter(); index = load_source_index(data.train, data, "train"); cold = time.perf_counter() - t
 t = time.perf_counter(); index = load_source_index(data.train, data, "train"); warm = time.perf_counter() - t
-ds = SpeechDataset(index.table, 16000, index.source)
-order = np.random.default_rng(0).permutation(len(ds))
+order = np.random.default_rng(0).permutation(len(index.table))
 t = time.perf_counter()
-for i in order: ds[int(i)]
-print(f"RESULT {cold:.3f} {warm:.3f} {len(ds) / (time.perf_counter() - t):.1f}")
+for i in order:  # as the datasets job below: fetch one item's bytes (a row, then a pread) and decode
+    row = index.table[int(i)]
+    decode_audio(index.source.audio(row), 16000, row["id"])
+print(f"RESULT {cold:.3f} {warm:.3f} {len(order) / (time.perf_counter() - t):.1f}")
 """,
     "webdataset package": """
 import glob, io, sys, time, soundfile as sf, webdataset as wds
@@ -199,12 +199,15 @@ for s in wds.WebDataset(urls, shardshuffle=False):  # in order only: no random a
 print(f"RESULT {cold:.3f} {warm:.3f} {n / (time.perf_counter() - t):.1f}")
 """,
     "datasets webdataset builder (audio as bytes)": """
-import io, sys, time, datasets, soundfile as sf, numpy as np
+import glob, io, json, sys, tarfile, time, datasets, soundfile as sf, numpy as np
 from asr_ctc.data.audio import decode_audio
 datasets.disable_progress_bars()
 V = datasets.Value
+# The override must spell out the metadata's fields too: take them from the first .json member.
+with tarfile.open(sorted(glob.glob(sys.argv[1]))[0]) as tar:
+    meta = json.load(tar.extractfile(next(m for m in tar if m.name.endswith(".json"))))
 feats = datasets.Features({"__key__": V("string"), "__url__": V("string"), "wav": V("binary"),
-                           "txt": V("string"), "json": {"speaker": V("string")}})
+                           "txt": V("string"), "json": {k: V("string") for k in meta}})
 def load():
     ds = datasets.load_dataset("webdataset", data_files=sys.argv[1], split="train", features=feats,
                                cache_dir=sys.argv[2])
@@ -263,9 +266,11 @@ def main() -> int:
                     sources["shards"] = ["data.train.manifest=null", f"data.train.shards={shards}"]
                     sources["shards, streamed"] = [*sources["shards"], "data.train.streaming=true"]
                 if args.readers:
-                    reader_rows += [(f"{scale}x", n, *r) for r in _readers(shards, tmp, env)]
+                    for r in _readers(shards, tmp, env):
+                        reader_rows.append((f"{scale}x", n, *r))
+                        print(f"  {scale}x reader {r}: load {_load()}", flush=True)
             for name, source in sources.items():
-                overrides = [*source, f"data.cache_dir={cache}"]
+                overrides = [*source, f"data.cache_dir={cache}", "data.eval=null", "data.test=null"]
                 if name.endswith("streamed"):
                     job = ["-c", _STREAM_JOB.replace("ITEMS", str(args.items)), args.config, *overrides]
                     rate = float(_python(job, env).split("RESULT ")[1].split()[0])
@@ -276,7 +281,7 @@ def main() -> int:
                     warm = float(_python(job, env).split("RESULT ")[1].split()[0])
                 sps, peak, wall = _finetune(args, args.config, overrides, tmp / f"run_x{scale}", env)
                 rows.append((scale, name, n, hours, cold, warm, rate, peak, sps, wall))
-                print(f"  {scale}x {name} done: load {_load()}", flush=True)
+                print(f"  {scale}x {name} done {rows[-1][3:]}: load {_load()}", flush=True)
     print()
     print(
         "| train data | source | utterances | audio (h) | index build cold (s) | cached (s) | data path "

@@ -37,7 +37,7 @@ import soundfile as sf
 
 from ..config import DataConfig, SourceConfig
 from .audio import AudioError, file_problem
-from .sources import HubSource, Source, digest, open_source, rows_table
+from .sources import Source, digest, open_source, rows_table
 from .text import normalize_text
 from .vocab import count_oov
 
@@ -205,12 +205,6 @@ def load_source_index(
     what = f"{source.name} index"
     table = _cached(cache / f"{source.name}-{key}", lambda: build_index(source), guard, what)
     return SourceIndex(source.name, table, key, source)
-
-
-def load_hub_table(source: SourceConfig, data_cfg: DataConfig, streaming: bool = False) -> Any:
-    """A hub (or ``datasets`` builder) dataset with its audio column left encoded (see
-    :class:`~asr_ctc.data.sources.HubSource`)."""
-    return HubSource(source, data_cfg, "train", streaming).table
 
 
 # -- level 2: labels ----------------------------------------------------------------------------------

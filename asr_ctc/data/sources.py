@@ -133,9 +133,6 @@ class Source(ABC):
         """Examples (``id``, ``text``, ``audio``: a path or ``{"bytes", "path"}``) without an index."""
         raise self.error("only a hub dataset or shards can be streamed")
 
-    def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
 
 # -- manifests ---------------------------------------------------------------------------------------------
 
@@ -256,6 +253,8 @@ class HubSource(Source):
         try:
             ds = datasets.load_dataset(cfg.hub_name, cfg.hub_config, **kwargs)
         except Exception as exc:  # noqa: BLE001 -- any failure to open the source becomes one line
+            from ..cli import _is_hub_error  # the one definition of "the hub cannot be reached"
+
             if _is_hub_error(exc):
                 raise  # offline hub / missing dataset: the command line reports these in its own words
             cause = _root_cause(exc)
@@ -328,16 +327,6 @@ class HubSource(Source):
         return ds.rename_columns({c: n for c, n in names.items() if c in columns and c != n})
 
 
-def _is_hub_error(exc: BaseException) -> bool:
-    """The hub cannot be reached or the dataset does not exist there (reported by the CLI)."""
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    root = type(exc).__module__.split(".")[0]
-    return root in ("huggingface_hub", "httpx", "httpcore", "requests") or type(exc).__name__ in (
-        "DatasetNotFoundError",
-    )
-
-
 # -- choosing a source --------------------------------------------------------------------------------------
 
 
@@ -366,15 +355,3 @@ def open_source(cfg: SourceConfig, data_cfg: DataConfig, name: str, streaming: b
         native = dataclasses.replace(cfg, shards=cfg.data_files, hub_name=None, data_files=None)
         return ShardSource(native, data_cfg, name)
     return HubSource(cfg, data_cfg, name, streaming)
-
-
-def env_rank() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed when it is initialised, else the launcher's environment."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:  # pragma: no cover
-        pass
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
