@@ -336,3 +336,62 @@ def test_finetune_on_shards_and_resume_exactly(tiny_corpus, tmp_path, streaming)
     again = _losses(cut)
     for step in range(5, 9):
         assert again[step] == pytest.approx(losses[step], rel=1e-5, abs=1e-6), step
+
+
+def _set_member_size(data: bytearray, header_at: int, size: int) -> None:
+    """Rewrite a ustar header's size field and its checksum (so only the size lies)."""
+    data[header_at + 124 : header_at + 136] = f"{size:011o}\0".encode()
+    data[header_at + 148 : header_at + 156] = b" " * 8
+    checksum = sum(data[header_at : header_at + 512])
+    data[header_at + 148 : header_at + 156] = f"{checksum:06o}\0 ".encode()
+
+
+def test_a_member_whose_size_lies_is_skipped_never_misread(tmp_path, tiny_processor, caplog):
+    utts = _utterances(3)
+    (path,) = write_shards(tmp_path / "s", utts, per_shard=3)
+    data = bytearray(open(path, "rb").read())
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    second_wav = members[3]  # sp-001.wav: claims 100 bytes fewer than it holds
+    _set_member_size(data, second_wav.offset, second_wav.size - 100)
+    open(path, "wb").write(bytes(data))
+    cfg = _data(path, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="asr_ctc"):
+        ds, report = prepare_split(cfg.train, tiny_processor, cfg, "train")
+    # The archive still parses (the cut is inside the padding block), so the member's own header is what
+    # gives it away: it is reported, not read 50 samples short.
+    assert ds.ids == ["sp-000", "sp-002"] and report.kept == 2
+    assert "sp-001.wav: its WAV header claims" in report.summary()
+    assert [len(ds[i]["input_values"]) for i in range(2)] == [len(utts[0][1]), len(utts[2][1])]
+    streamed = list(open_streaming_split(cfg.train, tiny_processor, cfg))
+    assert [x["id"] for x in streamed] == ["sp-000", "sp-002"]
+    assert "member sp-001.wav: skipped: its WAV header claims" in caplog.text
+
+    # A size that lies by more than a block: the next tar header is read from inside the audio.
+    _set_member_size(data, second_wav.offset, second_wav.size - 3000)
+    open(path, "wb").write(bytes(data))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="asr_ctc"):
+        ds, report = prepare_split(cfg.train, tiny_processor, cfg, "train")
+    assert ds.ids == ["sp-000"] and "sp-001.wav: its WAV header claims" in report.summary()
+    assert "unreadable tar header at byte" in caplog.text and "after member sp-001.wav" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="asr_ctc"):
+        assert [x["id"] for x in open_streaming_split(cfg.train, tiny_processor, cfg)] == ["sp-000"]
+    assert "unreadable tar header at byte" in caplog.text
+
+
+def test_compressed_shards_stream_but_are_not_indexed(tmp_path, tiny_processor, caplog):
+    import gzip
+
+    (path,) = write_shards(tmp_path / "s", _utterances(2), per_shard=2)
+    with open(path, "rb") as f:
+        (tmp_path / "s" / "shard-000000.tar.gz").write_bytes(gzip.compress(f.read()))
+    os.unlink(path)
+    cfg = _data(str(tmp_path / "s" / "*.tar.gz"), tmp_path)
+    items = list(open_streaming_split(cfg.train, tiny_processor, cfg))
+    assert [x["id"] for x in items] == ["sp-000", "sp-001"]
+    empty = pytest.raises(ValueError, match="shards .* has no utterances")
+    with caplog.at_level(logging.WARNING, logger="asr_ctc"), empty:
+        prepare_split(cfg.train, tiny_processor, cfg, "train")
+    assert "compressed: member offsets need an uncompressed .tar" in caplog.text

@@ -171,6 +171,8 @@ def open_split(
     Raises:
         EmptyDatasetError: when no row survives.
     """
+    if not len(index.table):
+        raise EmptyDatasetError(f"data split {index.name!r} is empty: {index.source.label} has no utterances")
     labels = load_labels(index, processor.tokenizer, data_cfg, guard)
     table = datasets.concatenate_datasets([index.table, labels], axis=1)
     report = SplitReport(name=index.name, total=len(table))

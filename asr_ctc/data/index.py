@@ -79,6 +79,8 @@ def _cached(
         if not (path / "dataset_info.json").is_file():
             start = time.perf_counter()
             table = build()
+            if not len(table):  # nothing to cache (and datasets cannot load an empty table back)
+                return table
             tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             table.save_to_disk(str(tmp))

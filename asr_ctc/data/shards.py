@@ -116,6 +116,21 @@ def split_key(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
+def header_problem(data: bytes) -> str | None:
+    """Why a WAV member's own header disagrees with the bytes it came with, or None.
+
+    A tar header whose size was cut by less than a block still leaves a readable archive, and libsndfile
+    quietly decodes what is there; the RIFF size field (the bytes after it) then claims more than the
+    member holds. Streamed WAVs that leave the field 0 or 0xFFFFFFFF (unknown) are not judged.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    claimed = int.from_bytes(data[4:8], "little")
+    if claimed in (0, 0xFFFFFFFF) or claimed + 8 <= len(data):
+        return None
+    return f"its WAV header claims {claimed + 8} bytes, the member holds {len(data)}"
+
+
 def _unsafe(member: tarfile.TarInfo) -> str | None:
     """Why a member must not be read, or None."""
     if member.isdir():
@@ -173,6 +188,13 @@ def iter_samples(
     """
     current: _Sample | None = None
     last = None
+    if not stream:
+        magic = fileobj.read(6)
+        fileobj.seek(0)
+        if magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")):
+            _warn(shard, None, "compressed: member offsets need an uncompressed .tar (decompress it, or "
+                  "read it with streaming: true)")
+            return
     try:
         tar = tarfile.open(fileobj=fileobj, mode="r|*" if stream else "r:")
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -199,8 +221,13 @@ def iter_samples(
                 if stream:  # read first: a member cut short raises here, before it counts as the audio
                     handle = tar.extractfile(member)
                     data = handle.read() if handle is not None else b""
-                    if len(data) != member.size:
-                        _warn(shard, member.name, f"truncated: {len(data)} of {member.size} bytes")
+                    why = (
+                        f"truncated: {len(data)} of {member.size} bytes"
+                        if len(data) != member.size
+                        else header_problem(data)
+                    )
+                    if why:
+                        _warn(shard, member.name, why)
                         continue
                     current["bytes"] = data
                 current["audio"] = member.name
@@ -209,6 +236,23 @@ def iter_samples(
                 current["text"] = _read_text(tar, member, shard)
             elif ext == META_EXTENSION:
                 current["meta"] = _read_text(tar, member, shard) or ""
+        # tarfile ends the iteration quietly at a header it cannot parse past the first: a member whose
+        # size lies by a block or more. An archive ends in zero blocks; anything else there is damage.
+        if stream:  # what follows the last header read: the end-of-archive zero blocks, or damage
+            rest = tar.fileobj.read(2 * tarfile.BLOCKSIZE)
+        elif file_size is not None and tar.offset < file_size:
+            fileobj.seek(tar.offset)
+            rest = fileobj.read(2 * tarfile.BLOCKSIZE)
+        else:
+            rest = b""
+        if rest.strip(b"\0"):
+            after = f" after member {last}" if last else ""
+            _warn(
+                shard,
+                None,
+                f"unreadable tar header at byte {tar.offset}{after} (a member's size lies, or the file is "
+                "damaged); the members before it are kept",
+            )
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         after = f" after member {last}" if last else ""
         _warn(shard, None, f"truncated or corrupt{after} ({exc}); the members before it are kept")
@@ -292,6 +336,9 @@ class ShardSource(Source):
             raise AudioError(f"{where}: cannot read the shard ({exc})") from exc
         if len(data) != row["size"]:
             raise AudioError(f"{where}: truncated: {len(data)} of {row['size']} bytes")
+        why = header_problem(data)
+        if why:
+            raise AudioError(f"{where}: {why}")
         return data
 
     def __getstate__(self) -> dict[str, Any]:
