@@ -4,7 +4,7 @@ Layout (the one ``webdataset`` and the course's ``create_librispeech_webdataset.
 files, each utterance a run of adjacent members sharing a key, the key being the member name up to the
 first dot of its base name: ``<key>.wav`` (or ``.flac``, ``.mp3``, ``.ogg``, ``.opus``), ``<key>.txt``
 (the transcript, UTF-8) and optionally ``<key>.json`` (metadata, kept as text in the index's ``meta``
-column). Other members are ignored.
+column; its ``"id"``, when it has one, names the utterance, else the key does). Other members are ignored.
 
 Two ways to read them (``data.<split>.streaming``):
 
@@ -33,6 +33,7 @@ index) and is one more dependency for what ``tarfile`` gives.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -262,6 +263,20 @@ def iter_samples(
         yield current
 
 
+def sample_id(sample: Mapping[str, Any]) -> str:
+    """The utterance id: the metadata's ``"id"`` when it has one (``asr-ctc-prepare shards`` keeps the
+    manifest's id there, the key being that id with ``.``, ``/`` and ``\\`` made safe), else the key."""
+    meta = sample.get("meta") or ""
+    if meta.startswith("{") and '"id"' in meta:
+        try:
+            uid = json.loads(meta).get("id")
+        except ValueError:
+            uid = None
+        if isinstance(uid, str) and uid.strip():
+            return uid.strip()
+    return sample["key"]
+
+
 def _usable(sample: _Sample, shard: str) -> bool:
     if sample["audio"] is None:
         _warn(shard, sample["key"], f"no audio member ({', '.join(AUDIO_EXTENSIONS)})", "utterance")
@@ -305,7 +320,7 @@ class ShardSource(Source):
                 for sample in iter_samples(f, path, stream=False, file_size=size):
                     if not _usable(sample, path):
                         continue
-                    uid = sample["key"]
+                    uid = sample_id(sample)
                     if uid in seen:  # the same key twice (two shards, or not adjacent): keep both, renamed
                         uid = f"{uid}-{len(cols['id']) + 1}"
                     seen.add(uid)
@@ -406,7 +421,7 @@ def _stream_examples(shards: list[str]) -> Iterator[dict[str, Any]]:
             for sample in iter_samples(f, path, stream=True):
                 if _usable(sample, path):
                     yield {
-                        "id": sample["key"],
+                        "id": sample_id(sample),
                         "text": sample["text"] or "",
                         "audio": {"bytes": sample["bytes"], "path": f"{path}:{sample['audio']}"},
                         "meta": sample["meta"],
