@@ -117,13 +117,16 @@ def finetune_main(argv: list[str] | None = None) -> int:
     from .config import load_config
     from .data.dataset import EmptyDatasetError
     from .data.manifest import ManifestError
+    from .data.sources import DataSourceError
     from .finetune import OutputDirError, run_finetune
     from .modeling import CheckpointError
 
     try:
         cfg = load_config(args.config, args.overrides)
         result = run_finetune(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, OutputDirError, EmptyDatasetError, ManifestError, CheckpointError) as exc:
+    except (
+        ConfigError, OutputDirError, EmptyDatasetError, ManifestError, CheckpointError, DataSourceError
+    ) as exc:
         return _fail(exc)
     except Exception as exc:
         if _is_hub_error(exc):

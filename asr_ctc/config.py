@@ -177,7 +177,8 @@ class ModelConfig:
 
 @dataclass
 class SourceConfig:
-    """One split's data: a local manifest (CSV/TSV/JSONL) or a hub dataset (``hub_name``, config, split)."""
+    """One split's data: a local manifest (CSV/TSV/JSONL), a hub dataset (``hub_name``, config, split) or
+    WebDataset tar ``shards``."""
 
     manifest: str | None = None
     hub_name: str | None = None
@@ -188,6 +189,30 @@ class SourceConfig:
     max_samples: int | None = None
     # Stream a hub dataset instead of downloading it (a corpus bigger than the disk); docs/data-at-scale.md.
     streaming: bool = False
+
+    # -- sources beyond one manifest (asr_ctc.data.sources; docs/your-corpus.md) --------------------------
+    shards: str | list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "WebDataset tar shards: a glob (data/shards/shard-*.tar), a brace range "
+            "(shard-{000000..000099}.tar) or a list of either; each utterance is "
+            "<key>.wav|flac|mp3|ogg|opus, <key>.txt and optionally <key>.json. Indexed like a manifest; "
+            "with streaming: true, read in order without an index"
+        },
+    )
+    audio_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "the folder relative audio paths of a manifest resolve against (default: the manifest's "
+            "own folder); e.g. Common Voice's clips/"
+        },
+    )
+    shuffle_buffer: int = field(
+        default=1000,
+        metadata={
+            "help": "streamed sources: examples in the shuffle buffer (the shard order is shuffled too)"
+        },
+    )
 
 
 @dataclass
@@ -671,14 +696,27 @@ def _validate(cfg: ExperimentConfig, check_files: bool) -> None:
         src = getattr(cfg.data, split)
         if src is None:
             continue
-        if (src.manifest is None) == (src.hub_name is None):
-            if split == "train" or src.manifest is not None:
-                raise ConfigError(f"data.{split}: set exactly one of manifest or hub_name")
+        given = [k for k in ("manifest", "hub_name", "shards") if getattr(src, k) is not None]
+        if len(given) != 1:
+            if split == "train" or given:
+                raise ConfigError(
+                    f"data.{split}: set exactly one of manifest, hub_name or shards"
+                    + (f" (got {', '.join(given)})" if given else "")
+                )
             continue
-        if src.streaming and src.hub_name is None:
-            raise ConfigError(f"data.{split}.streaming: only a hub_name source can be streamed")
+        if src.streaming and src.manifest is not None:
+            raise ConfigError(f"data.{split}.streaming: only a hub_name or shards source can be streamed")
+        if src.audio_root is not None and src.manifest is None:
+            raise ConfigError(f"data.{split}.audio_root: only a manifest has relative audio paths to resolve")
+        if src.shuffle_buffer < 1:
+            raise ConfigError(f"data.{split}.shuffle_buffer: expected >= 1, got {src.shuffle_buffer}")
         if src.manifest is not None and check_files:
             path = Path(src.manifest).expanduser()
+            if path.is_dir():
+                raise ConfigError(
+                    f"data.{split}.manifest: {path} is a directory; expected a .tsv, .csv or .jsonl file "
+                    "(asr-ctc-prepare writes one from a corpus folder)"
+                )
             if not path.is_file():
                 raise ConfigError(f"data.{split}.manifest: file not found: {path}")
 

@@ -29,6 +29,7 @@ from .config import (
 from .data.collator import CTCDataCollator
 from .data.dataset import open_split, open_streaming_split, streaming_texts
 from .data.index import load_source_index
+from .data.sources import open_source
 from .data.vocab import build_processor, build_vocab
 from .fileio import atomic_write_text
 from .lm import LM_DIR, build_lm_dir
@@ -286,9 +287,12 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
 
     data = cfg.data
     streaming = data.train.streaming
-    train_index = None if streaming else load_source_index(data.train, data, "train", guard=guard)
+    data_seed = args.data_seed if args.data_seed is not None else args.seed
+    # Each split's source is opened once; the index, the vocabulary and the dataset all read through it.
+    train_src = open_source(data.train, data, "train")
+    train_index = None if streaming else load_source_index(train_src, guard=guard)
     processor = _processor_for(
-        cfg, lambda: list(streaming_texts(data.train, data)) if streaming else train_index.texts()
+        cfg, lambda: list(streaming_texts(train_src, data)) if streaming else train_index.texts()
     )
     tokenizer = processor.tokenizer
     model = build_model(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
@@ -301,16 +305,17 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
 
     report = None
     if streaming:
-        train_ds = open_streaming_split(data.train, processor, data, frames)
+        train_ds = open_streaming_split(train_src, processor, data, frames, seed=data_seed)
     else:
         train_ds, report = open_split(train_index, processor, data, frames, guard=guard)
         logger.info(report.summary())
     eval_ds = None
     if data.eval is not None:
+        eval_src = open_source(data.eval, data, "eval")
         if data.eval.streaming:
-            eval_ds = open_streaming_split(data.eval, processor, data, frames)
+            eval_ds = open_streaming_split(eval_src, processor, data, frames, name="eval")
         else:
-            eval_index = load_source_index(data.eval, data, "eval", guard=guard)
+            eval_index = load_source_index(eval_src, guard=guard)
             eval_ds, eval_report = open_split(eval_index, processor, data, frames, guard=guard)
             logger.info(eval_report.summary())
 
@@ -350,7 +355,7 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
             out / "training_curves.png",
             title=f"{out.name}: loss.impl={cfg.loss.impl}",
         )
-        write_lm(cfg, out, tokenizer, train_ds.texts if not streaming else streaming_texts(data.train, data))
+        write_lm(cfg, out, tokenizer, train_ds.texts if not streaming else streaming_texts(train_src, data))
     if args.push_to_hub:  # after lm/ is written, so the LM and the processor go up with the model
         trainer.push_to_hub()
     return FinetuneResult(out, metrics, trainer.is_world_process_zero())
@@ -364,7 +369,8 @@ def write_lm(cfg: ExperimentConfig, out: Path, tokenizer: Any, texts: Iterable[s
     if delimiter not in vocab:
         logger.info("no %s/: the tokenizer has no word delimiter", LM_DIR)
         return None
-    source = cfg.data.train.manifest or cfg.data.train.hub_name
+    train = cfg.data.train
+    source = train.manifest or train.hub_name or str(train.shards)
     lm_dir = build_lm_dir(list(texts), out / LM_DIR, vocab, cfg.decoding.lm_order, delimiter, source)
     logger.info(
         "wrote a %d-gram LM and lexicon of the training transcripts to %s", cfg.decoding.lm_order, lm_dir

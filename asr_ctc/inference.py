@@ -255,12 +255,7 @@ def _tune(model, processor, job: _Job) -> dict[str, Any]:
     index = load_source_index(source, cfg.data, "eval")
     dataset, _ = open_split(index, processor, cfg.data, for_training=False)
     if len(dataset) > max_utterances:  # the first N: enough to rank a small grid
-        dataset = SpeechDataset(
-            dataset.table.select(range(max_utterances)),
-            dataset.sampling_rate,
-            dataset.hub_table,
-            dataset.audio_column,
-        )
+        dataset = dataset.head(max_utterances)
     batches, lengths, refs = [], [], []
     for idx, _, log_probs, n in _emissions(model, processor, dataset, batch_size, num_workers, device):
         batches.append(apply_blank_penalty(log_probs, processor.tokenizer.pad_token_id, opts.blank_penalty))

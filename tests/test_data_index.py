@@ -203,7 +203,7 @@ def test_hub_style_sources_keep_their_arrow_table(corpus, tmp_path, tiny_process
             min_duration_s=0.1,
         )
         index = load_source_index(data.train, data, "train")
-        assert index.hub_table is not None and index.table["row"] == list(range(6))
+        assert index.source.kind == "hub" and index.table["row"] == list(range(6))
         assert index.table["audio"][0] == ("" if builder == "parquet" else rows[0]["audio"])  # bytes stay put
         ds, report = open_split(index, tiny_processor, data, frame_counter=lambda n: n // 160)
         assert count_decodes == [] and report.kept == 6, builder

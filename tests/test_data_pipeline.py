@@ -138,3 +138,90 @@ def test_output_dir_guards(tmp_path):
         check_output_dir(
             config_from_dict({**raw, "output_dir": str(stranger)}), resume=False, overwrite=False
         )
+
+
+# -- sources that point elsewhere, and sources that cannot be opened ---------------------------------------
+
+
+@pytest.fixture
+def common_voice(tmp_path):
+    """Common Voice's layout: clips/*.mp3 beside train.tsv (columns path, sentence, ...)."""
+    d = tmp_path / "cv"
+    (d / "clips").mkdir(parents=True)
+    lines = ["client_id\tpath\tsentence\tup_votes"]
+    for i, text in enumerate(["Play jazz.", "Stop the music!", "Next song"]):
+        sf.write(d / "clips" / f"cv_{i}.mp3", _tone(0.6 + 0.2 * i, 16000), 16000, format="MP3")
+        lines.append(f"c{i}\tcv_{i}.mp3\t{text}\t2")
+    (d / "train.tsv").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def test_audio_root_points_relative_paths_elsewhere(common_voice, tmp_path, tiny_processor):
+    cv = common_voice
+    kw = dict(audio_column="path", text_column="sentence", min_duration_s=0.1, cache_dir=str(tmp_path / "c"))
+    lost = DataConfig(train=SourceConfig(manifest=str(cv / "train.tsv")), **kw)
+    with pytest.raises(EmptyDatasetError, match="cv_0.mp3: audio file not found"):
+        prepare_split(lost.train, tiny_processor, lost, "train")
+    found = DataConfig(train=SourceConfig(manifest=str(cv / "train.tsv"), audio_root=str(cv / "clips")), **kw)
+    ds, report = prepare_split(found.train, tiny_processor, found, "train")
+    assert report.kept == 3 and ds.texts == ["play jazz", "stop the music", "next song"]
+    assert len(ds[2]["input_values"]) == ds.lengths[2]  # MP3 through libsndfile, no torchcodec
+
+
+def test_hub_csv_reads_a_tsv_tab_separated(common_voice, tmp_path, tiny_processor):
+    cv = common_voice
+    rows = (cv / "train.tsv").read_text().replace("cv_", str(cv / "clips" / "cv_"))
+    (cv / "abs.tsv").write_text(rows)
+    data = DataConfig(
+        train=SourceConfig(hub_name="csv", data_files=str(cv / "abs.tsv")),
+        audio_column="path",
+        text_column="sentence",
+        min_duration_s=0.1,
+        cache_dir=str(tmp_path / "c"),
+    )
+    ds, report = prepare_split(data.train, tiny_processor, data, "train")
+    assert report.kept == 3 and ds.texts[1] == "stop the music"
+
+
+def test_a_manifest_that_is_a_directory_says_so(tmp_path):
+    (tmp_path / "LibriSpeech" / "dev-clean").mkdir(parents=True)
+    raw = {"output_dir": str(tmp_path / "o"), "data": {"train": {"manifest": str(tmp_path / "LibriSpeech")}}}
+    with pytest.raises(ValueError, match=r"data.train.manifest: .*LibriSpeech is a directory; expected a"):
+        config_from_dict(raw)
+    from asr_ctc.data.sources import DataSourceError, open_source
+
+    data = DataConfig(train=SourceConfig(manifest=str(tmp_path / "LibriSpeech")))
+    with pytest.raises(DataSourceError, match=r"^data.train \(manifest .*\): .* is a directory"):
+        open_source(data.train, data, "train")
+
+
+def _broken_sources(tmp_path):
+    sf.write(tmp_path / "a.wav", _tone(0.5, 16000), 16000)
+    (tmp_path / "bad.jsonl").write_text('{"audio": "a.wav", "text": "hi"}\n{not json\n')
+    (tmp_path / "cols.jsonl").write_text('{"file": "a.wav", "words": "hi"}\n')
+    (tmp_path / "af").mkdir()
+    return {
+        "missing data_files": ({"hub_name": "json", "data_files": str(tmp_path / "none-*.jsonl")}, "none-"),
+        "builder fails": ({"hub_name": "json", "data_files": str(tmp_path / "bad.jsonl")}, "cannot load"),
+        "bad columns": (
+            {"hub_name": "json", "data_files": str(tmp_path / "cols.jsonl")},
+            "no audio column 'audio'",
+        ),
+        "needs torchcodec": ({"hub_name": "audiofolder", "data_files": str(tmp_path / "af")}, "torchcodec"),
+        "no shards": ({"shards": str(tmp_path / "shard-*.tar")}, "no shard matches"),
+    }
+
+
+_BROKEN = ["missing data_files", "builder fails", "bad columns", "needs torchcodec", "no shards"]
+
+
+@pytest.mark.parametrize("case", _BROKEN)
+def test_a_source_that_cannot_be_opened_is_one_error_line(tmp_path, capsys, case):
+    source, cause = _broken_sources(tmp_path)[case]
+    cfg = {"output_dir": str(tmp_path / "out"), "data": {"train": source}, "training": {"max_steps": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert finetune_main(["--config", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: data.train ("), err
+    assert cause in errors[0] and "Traceback" not in "\n".join(err)

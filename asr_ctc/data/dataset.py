@@ -26,14 +26,8 @@ from transformers import Wav2Vec2Processor
 
 from ..config import DataConfig, SourceConfig
 from .audio import AudioError, decode_audio, load_audio
-from .index import (
-    ProcessGuard,
-    SourceIndex,
-    load_hub_table,
-    load_labels,
-    load_source_index,
-    min_ctc_frames,
-)
+from .index import ProcessGuard, SourceIndex, load_labels, load_source_index, min_ctc_frames
+from .sources import Source, open_source
 from .text import normalize_text
 from .vocab import count_oov
 
@@ -90,17 +84,21 @@ class SpeechDataset(torch.utils.data.Dataset):
         self,
         table: datasets.Dataset,
         sampling_rate: int,
-        hub_table: datasets.Dataset | None = None,
-        audio_column: str = "audio",
+        source: Source | None = None,
         normalize: bool = True,
     ):
         self.table = table
         self.sampling_rate = sampling_rate
-        self.hub_table = hub_table
-        self.audio_column = audio_column
+        # Reads one item's encoded audio from its index row (a path or bytes); None: ``audio`` is a path.
+        self.source = source
         self.normalize = normalize
         # Shared with DataLoader workers (created before they fork), so the count covers all of them.
         self._skipped = multiprocessing.Value("i", 0)
+
+    def head(self, n: int) -> SpeechDataset:
+        """The first ``n`` utterances (all of them when there are fewer), same source and settings."""
+        table = self.table.select(range(min(n, len(self.table))))
+        return SpeechDataset(table, self.sampling_rate, self.source, self.normalize)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -125,14 +123,11 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     def load(self, row: dict[str, Any]) -> np.ndarray:
         """Decode one index row's audio to mono float32 at ``sampling_rate``."""
-        if row["row"] >= 0:
-            ref = self.hub_table[int(row["row"])][self.audio_column]
-            if isinstance(ref, str):
-                return load_audio(ref, self.sampling_rate)
-            if ref.get("bytes"):
-                return decode_audio(ref["bytes"], self.sampling_rate, row["id"])
-            return load_audio(ref["path"], self.sampling_rate)
-        return load_audio(row["audio"], self.sampling_rate)
+        ref = self.source.audio(row) if self.source is not None else row["audio"]
+        if isinstance(ref, bytes):
+            name = f"{row['audio']}:{row['part']}" if row.get("part") else str(row["id"])
+            return decode_audio(ref, self.sampling_rate, name)
+        return load_audio(ref, self.sampling_rate)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         n = len(self.table)
@@ -176,6 +171,8 @@ def open_split(
     Raises:
         EmptyDatasetError: when no row survives.
     """
+    if not len(index.table):
+        raise EmptyDatasetError(f"data split {index.name!r} is empty: {index.source.label} has no utterances")
     labels = load_labels(index, processor.tokenizer, data_cfg, guard)
     table = datasets.concatenate_datasets([index.table, labels], axis=1)
     report = SplitReport(name=index.name, total=len(table))
@@ -205,8 +202,7 @@ def open_split(
     if not len(kept):
         raise EmptyDatasetError(f"data split {index.name!r} is empty after filtering: {report.summary()}")
     table = table.select(kept) if len(kept) < len(table) else table
-    dataset = SpeechDataset(table, data_cfg.sampling_rate, index.hub_table, index.audio_column)
-    return dataset, report
+    return SpeechDataset(table, data_cfg.sampling_rate, index.source), report
 
 
 def prepare_split(
@@ -219,51 +215,65 @@ def prepare_split(
     guard: ProcessGuard | None = None,
 ) -> tuple[SpeechDataset, SplitReport]:
     """:func:`~asr_ctc.data.index.load_source_index` then :func:`open_split`, for one split."""
-    index = load_source_index(source, data_cfg, name, guard=guard)
+    index = load_source_index(open_source(source, data_cfg, name, streaming=False), guard=guard)
     return open_split(index, processor, data_cfg, frame_counter, for_training, guard)
 
 
 # -- streaming ----------------------------------------------------------------------------------------
 
 
-def streaming_texts(source: SourceConfig, data_cfg: DataConfig) -> Iterator[str]:
+def _stream_source(source: Source | SourceConfig, data_cfg: DataConfig, name: str) -> Source:
+    return source if isinstance(source, Source) else open_source(source, data_cfg, name, streaming=True)
+
+
+def streaming_texts(
+    source: Source | SourceConfig, data_cfg: DataConfig, name: str = "train"
+) -> Iterator[str]:
     """The normalised transcripts of a streamed source, in one pass over its text column."""
-    stream = load_hub_table(source, data_cfg, streaming=True).select_columns([data_cfg.text_column])
+    stream = _stream_source(source, data_cfg, name).stream().select_columns(["text"])
     for ex in stream:
-        text = normalize_text(str(ex[data_cfg.text_column] or ""), data_cfg.lowercase, data_cfg.chars_to_drop)
+        text = normalize_text(str(ex["text"] or ""), data_cfg.lowercase, data_cfg.chars_to_drop)
         if text:
             yield text
 
 
 def open_streaming_split(
-    source: SourceConfig,
+    source: Source | SourceConfig,
     processor: Wav2Vec2Processor,
     data_cfg: DataConfig,
     frame_counter: FrameCounter | None = None,
     for_training: bool = True,
+    seed: int | None = None,
+    name: str = "train",
 ) -> datasets.IterableDataset:
     """A streamed split (``datasets.IterableDataset``): examples decoded and filtered as they arrive.
+
+    ``seed`` (training): the shard order and a buffer of ``shuffle_buffer`` examples are shuffled, a pure
+    function of (seed, epoch) (``datasets`` seeds each epoch with seed + epoch; the Trainer calls
+    ``set_epoch``), so a resumed run that skips the batches it has seen sees the same order.
 
     What streaming gives up: no index, so no length grouping (batches mix lengths, more padding), no known
     epoch size (set ``training.max_steps``), and the filters report nothing up front; unusable examples are
     logged and skipped as they are met.
     """
-    stream = load_hub_table(source, data_cfg, streaming=True)
+    src = _stream_source(source, data_cfg, name)
+    stream = src.stream()
+    if seed is not None:
+        stream = stream.shuffle(seed=seed, buffer_size=src.cfg.shuffle_buffer)
     tokenizer = processor.tokenizer
     sr = data_cfg.sampling_rate
-    audio_col, text_col, id_col = data_cfg.audio_column, data_cfg.text_column, data_cfg.id_column
     lo, hi = data_cfg.min_duration_s, data_cfg.max_duration_s
 
     def prepare(example: dict[str, Any], idx: int) -> dict[str, Any]:
-        uid = str(example.get(id_col, idx))
-        text = normalize_text(str(example.get(text_col) or ""), data_cfg.lowercase, data_cfg.chars_to_drop)
+        uid = str(example.get("id") or idx)
+        text = normalize_text(str(example.get("text") or ""), data_cfg.lowercase, data_cfg.chars_to_drop)
         out = {"id": uid, "input_values": np.zeros(0, np.float32), "labels": [], "skip": ""}
-        ref = example[audio_col]
+        ref = example["audio"]
         try:
             if isinstance(ref, str):
                 audio = load_audio(ref, sr)
             elif ref.get("bytes"):
-                audio = decode_audio(ref["bytes"], sr, uid)
+                audio = decode_audio(ref["bytes"], sr, ref.get("path") or uid)
             else:
                 audio = load_audio(ref["path"], sr)
         except AudioError as exc:

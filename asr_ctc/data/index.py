@@ -5,10 +5,10 @@ normalises each transcript once. It is an Arrow table, cached on disk and memory
 a second DDP rank or the inference job reuses it and every process shares the same pages instead of
 holding copies. Two levels, both cached under ``data.cache_dir``:
 
-* the **source index** (:func:`load_source_index`), keyed by the manifest's bytes (or the hub dataset's
-  fingerprint) and the data config's text and audio fields, with one row per utterance:
-  ``id`` str, ``audio`` str (file path; empty for hub rows), ``row`` int64 (row of the hub table holding
-  the encoded bytes; -1 for files), ``text`` str (normalised), ``num_samples`` int64 (at
+* the **source index** (:func:`load_source_index`), keyed by the source's fingerprint (a manifest's
+  bytes, a hub table's fingerprint, the shards' names, sizes and times) and the data config's text and
+  audio fields, with one row per utterance: the source's row columns (:mod:`asr_ctc.data.sources`: ``id``,
+  ``audio``, ``part``, ``row``, ``offset``, ``size``), ``text`` str (normalised), ``num_samples`` int64 (at
   ``data.sampling_rate``, predicted from the header: resampling maps n samples to round(n * new / old)),
   ``error`` str (why the row cannot be used, "" when it can);
 * the **labels** (:func:`load_labels`), keyed by the source index and the tokenizer's vocabulary:
@@ -21,9 +21,7 @@ The duration and label-fits-frames filters are applied to these columns when a s
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -38,15 +36,15 @@ import datasets
 import soundfile as sf
 
 from ..config import DataConfig, SourceConfig
-from .audio import file_problem
-from .manifest import read_manifest
+from .audio import AudioError, file_problem
+from .sources import Source, digest, open_source, rows_table
 from .text import normalize_text
 from .vocab import count_oov
 
 logger = logging.getLogger(__name__)
 
 # Bump when the columns or their meaning change: old cache entries are then ignored, never misread.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 # Below this many rows, worker processes cost more to start than they save.
 _PARALLEL_MIN_ROWS = 20_000
 
@@ -59,12 +57,7 @@ def default_cache_dir() -> Path:
     return Path(root) / "index"
 
 
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True).encode())
-        h.update(b"\0")
-    return h.hexdigest()[:20]
+_digest = digest
 
 
 def _num_proc(rows: int, wanted: int | None) -> int | None:
@@ -86,6 +79,8 @@ def _cached(
         if not (path / "dataset_info.json").is_file():
             start = time.perf_counter()
             table = build()
+            if not len(table):  # nothing to cache (and datasets cannot load an empty table back)
+                return table
             tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             table.save_to_disk(str(tmp))
@@ -103,9 +98,8 @@ def _cached(
 # -- level 1: the source index ------------------------------------------------------------------------
 
 
-def _header_samples(audio: str | bytes, sampling_rate: int) -> tuple[int, str]:
+def _header_samples(audio: str | bytes, sampling_rate: int, name: str) -> tuple[int, str]:
     """(samples at ``sampling_rate``, "") from the file header, or (0, reason) when it cannot be read."""
-    name = "audio bytes" if isinstance(audio, bytes) else audio
     try:
         if isinstance(audio, bytes):
             info = sf.info(io.BytesIO(audio))
@@ -116,30 +110,27 @@ def _header_samples(audio: str | bytes, sampling_rate: int) -> tuple[int, str]:
             info = sf.info(audio)
     except Exception as exc:  # libsndfile raises several types for a bad header  # noqa: BLE001
         return 0, f"{name}: cannot decode audio ({str(exc).splitlines()[0][:160]})"
-    if info.frames <= 0:
+    if info.frames <= 0 or info.samplerate <= 0:
         return 0, f"{name}: audio file has no samples"
     if info.samplerate == sampling_rate:
         return int(info.frames), ""
     return int(info.frames * sampling_rate / info.samplerate + 0.5), ""
 
 
-def _index_rows(
-    batch: dict[str, list], data_cfg: DataConfig, hub_audio: str | None, require_text: bool = True
-) -> dict[str, list]:
-    """``datasets.map`` function: header and transcript of a batch of rows."""
-    texts, samples, errors, paths = [], [], [], []
+def _index_rows(batch: dict[str, list], source: Source, require_text: bool = True) -> dict[str, list]:
+    """``datasets.map`` function: header and normalised transcript of a batch of index rows."""
+    d = source.data_cfg
+    texts, samples, errors = [], [], []
     for i in range(len(batch["id"])):
-        text = normalize_text(str(batch["text"][i] or ""), data_cfg.lowercase, data_cfg.chars_to_drop)
-        if hub_audio is None:
-            audio: str | bytes = batch["audio"][i]
-            path = audio
+        row = {k: v[i] for k, v in batch.items()}
+        text = normalize_text(str(row["text"] or ""), d.lowercase, d.chars_to_drop)
+        name = f"{row['audio']}:{row['part']}" if row["part"] else (row["audio"] or "audio bytes")
+        try:
+            audio = source.audio(row)
+        except AudioError as exc:
+            n, why = 0, str(exc)
         else:
-            ref = batch[hub_audio][i] or {}
-            if isinstance(ref, str):  # a builder without an Audio feature (json, csv) gives the path
-                ref = {"path": ref}
-            audio = ref.get("bytes") or ref.get("path") or ""
-            path = "" if ref.get("bytes") else (ref.get("path") or "")
-        n, why = _header_samples(audio, data_cfg.sampling_rate) if audio else (0, "no audio reference")
+            n, why = _header_samples(audio, d.sampling_rate, name) if audio else (0, "no audio reference")
         if why:
             error = f"unreadable audio: {why}"
         elif not text and require_text:
@@ -149,19 +140,17 @@ def _index_rows(
         texts.append(text)
         samples.append(n)
         errors.append(error)
-        paths.append(path)
-    return {"audio": paths, "text": texts, "num_samples": samples, "error": errors}
+    return {"text": texts, "num_samples": samples, "error": errors}
 
 
 @dataclass
 class SourceIndex:
-    """A split's index (see the module docstring) and, for hub datasets, the Arrow table with the audio."""
+    """A split's index (see the module docstring) and the source its audio is read from."""
 
     name: str
     table: datasets.Dataset
     key: str
-    hub_table: datasets.Dataset | None = None
-    audio_column: str = "audio"
+    source: Source
 
     def texts(self) -> list[str]:
         """Normalised transcripts of the usable rows (for building a vocabulary)."""
@@ -172,104 +161,52 @@ class SourceIndex:
 _TEXT_FIELDS = ("audio_column", "text_column", "id_column", "sampling_rate", "lowercase", "chars_to_drop")
 
 
+def build_index(source: Source, require_text: bool = True) -> datasets.Dataset:
+    """The (uncached) index of ``source``: its rows, each header read and transcript normalised once."""
+    raw = source.rows()
+    return raw.map(
+        _index_rows,
+        batched=True,
+        fn_kwargs={"source": source, "require_text": require_text},
+        num_proc=_num_proc(len(raw), source.data_cfg.preprocessing_num_workers),
+        desc=f"indexing {source.name}",
+    )
+
+
 def load_source_index(
-    source: SourceConfig,
-    data_cfg: DataConfig,
-    name: str,
+    source: Source | SourceConfig,
+    data_cfg: DataConfig | None = None,
+    name: str | None = None,
     *,
     guard: ProcessGuard | None = None,
 ) -> SourceIndex:
-    """The cached source index of one split: a local manifest or a (non-streaming) hub dataset.
+    """The cached source index of one split.
 
     Args:
-        source: ``manifest`` or ``hub_name`` (+ config, split, data_files); ``max_samples`` keeps the first N.
+        source: a :class:`~asr_ctc.data.sources.Source`, or a split's config (then ``data_cfg`` and
+            ``name`` are needed to open it with :func:`~asr_ctc.data.sources.open_source`).
         data_cfg: columns, sampling rate, text normalisation, ``cache_dir``, ``preprocessing_num_workers``.
-        name: the split's name, for messages.
+        name: the split's name, for messages and the cache entry.
         guard: a context manager factory run around a build (``TrainingArguments.main_process_first``).
+
+    Raises:
+        DataSourceError: the source cannot be opened or read (one line naming it).
     """
-    cache = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
-    config_part = {k: getattr(data_cfg, k) for k in _TEXT_FIELDS} | {
-        "max_samples": source.max_samples,
+    if not isinstance(source, Source):
+        if data_cfg is None or name is None:
+            raise TypeError("load_source_index(SourceConfig, ...) needs data_cfg and name")
+        source = open_source(source, data_cfg, name, streaming=False)
+    d = source.data_cfg
+    cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
+    config_part = {k: getattr(d, k) for k in _TEXT_FIELDS} | {
+        "max_samples": source.cfg.max_samples,
+        "kind": source.kind,
         "version": INDEX_VERSION,
     }
-    if source.manifest is not None:
-        manifest = Path(source.manifest).expanduser()
-        # The manifest's bytes and its resolved location (relative audio paths depend on it) key the cache.
-        key = _digest(manifest.read_bytes(), str(manifest.resolve()), config_part)
-
-        def build() -> datasets.Dataset:
-            rows = read_manifest(
-                manifest,
-                audio_column=data_cfg.audio_column,
-                text_column=data_cfg.text_column,
-                id_column=data_cfg.id_column,
-            )
-            if source.max_samples is not None:
-                rows = rows[: source.max_samples]
-            raw = datasets.Dataset.from_dict(
-                {
-                    "id": [r["id"] for r in rows],
-                    "audio": [r["audio"] for r in rows],
-                    "row": [-1] * len(rows),
-                    "text": [r["text"] for r in rows],
-                }
-            )
-            del rows
-            return raw.map(
-                _index_rows,
-                batched=True,
-                fn_kwargs={"data_cfg": data_cfg, "hub_audio": None},
-                num_proc=_num_proc(len(raw), data_cfg.preprocessing_num_workers),
-                desc=f"indexing {name}",
-            )
-
-        table = _cached(cache / f"{name}-{key}", build, guard, f"{name} index")
-        return SourceIndex(name, table, key)
-
-    hub = load_hub_table(source, data_cfg)
-    key = _digest(hub._fingerprint, config_part)
-
-    def build_hub() -> datasets.Dataset:
-        ids = (
-            hub[data_cfg.id_column]
-            if data_cfg.id_column in hub.column_names
-            else [str(i) for i in range(len(hub))]
-        )
-        # The audio stays in the hub's own Arrow files: the index keeps only the row number.
-        raw = hub.select_columns([data_cfg.audio_column, data_cfg.text_column])
-        # Renamed out of the way: the index's own ``audio`` column is a plain path, not an Audio feature.
-        raw = raw.rename_column(data_cfg.audio_column, "_audio_ref")
-        raw = raw.rename_column(data_cfg.text_column, "text") if data_cfg.text_column != "text" else raw
-        raw = raw.add_column("id", [str(i) for i in ids]).add_column("row", list(range(len(hub))))
-        return raw.map(
-            _index_rows,
-            batched=True,
-            fn_kwargs={"data_cfg": data_cfg, "hub_audio": "_audio_ref"},
-            remove_columns=["_audio_ref"],
-            num_proc=_num_proc(len(raw), data_cfg.preprocessing_num_workers),
-            desc=f"indexing {name}",
-        )
-
-    table = _cached(cache / f"{name}-{key}", build_hub, guard, f"{name} index")
-    return SourceIndex(name, table, key, hub_table=hub, audio_column=data_cfg.audio_column)
-
-
-def load_hub_table(source: SourceConfig, data_cfg: DataConfig, streaming: bool = False) -> Any:
-    """A hub (or ``datasets`` builder) dataset with its audio column left encoded.
-
-    ``datasets``' own audio decoding needs torchcodec; the bytes are decoded with soundfile instead
-    (:func:`asr_ctc.data.audio.decode_audio`).
-    """
-    kwargs: dict[str, Any] = {"split": source.hub_split or "train", "streaming": streaming}
-    if source.data_files is not None:
-        kwargs["data_files"] = source.data_files
-    ds = datasets.load_dataset(source.hub_name, source.hub_config, **kwargs)
-    if source.max_samples is not None:
-        ds = ds.take(source.max_samples) if streaming else ds.select(range(min(source.max_samples, len(ds))))
-    feature = (ds.features or {}).get(data_cfg.audio_column)
-    if isinstance(feature, datasets.Audio):
-        ds = ds.cast_column(data_cfg.audio_column, datasets.Audio(decode=False))
-    return ds
+    key = _digest(source.fingerprint(), config_part)
+    what = f"{source.name} index"
+    table = _cached(cache / f"{source.name}-{key}", lambda: build_index(source), guard, what)
+    return SourceIndex(source.name, table, key, source)
 
 
 # -- level 2: labels ----------------------------------------------------------------------------------
@@ -316,6 +253,35 @@ def load_labels(index: SourceIndex, tokenizer: Any, data_cfg: DataConfig, guard:
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 
 
+class AudioFilesSource(Source):
+    """Audio files given on the command line (``inference --audio``), with no transcripts."""
+
+    kind = "audio files"
+
+    def __init__(self, files: Sequence[Path], data_cfg: DataConfig):
+        super().__init__(SourceConfig(), data_cfg, "audio")
+        self.files = [str(f.resolve()) for f in files]
+
+    @property
+    def where(self) -> str:
+        return f"{len(self.files)} files"
+
+    def fingerprint(self) -> str:
+        return _digest(self.files)
+
+    def rows(self) -> datasets.Dataset:
+        ids: list[str] = []
+        seen: set[str] = set()
+        for f in map(Path, self.files):  # the stem names the utterance; a clash gets the row number
+            uid = f.stem if f.stem not in seen else f"{f.stem}-{len(ids) + 1}"
+            seen.add(uid)
+            ids.append(uid)
+        return rows_table({"id": ids, "audio": self.files})
+
+    def audio(self, row: dict[str, Any]) -> str:
+        return row["audio"]
+
+
 def index_audio_files(paths: Sequence[str | os.PathLike], data_cfg: DataConfig) -> SourceIndex:
     """An (uncached) index of audio files and folders (searched recursively), with no transcripts.
 
@@ -333,24 +299,5 @@ def index_audio_files(paths: Sequence[str | os.PathLike], data_cfg: DataConfig) 
     if not files:
         where = ", ".join(map(str, paths))
         raise ValueError(f"--audio: no audio files ({', '.join(AUDIO_SUFFIXES)}) in {where}")
-    ids: list[str] = []
-    seen: set[str] = set()
-    for f in files:  # the stem names the utterance; a clash gets the row number, as in manifests
-        uid = f.stem if f.stem not in seen else f"{f.stem}-{len(ids) + 1}"
-        seen.add(uid)
-        ids.append(uid)
-    raw = datasets.Dataset.from_dict(
-        {
-            "id": ids,
-            "audio": [str(f.resolve()) for f in files],
-            "row": [-1] * len(files),
-            "text": [""] * len(files),
-        }
-    )
-    table = raw.map(
-        _index_rows,
-        batched=True,
-        fn_kwargs={"data_cfg": data_cfg, "hub_audio": None, "require_text": False},
-        desc="indexing audio files",
-    )
-    return SourceIndex("audio", table, key="")
+    source = AudioFilesSource(files, data_cfg)
+    return SourceIndex("audio", build_index(source, require_text=False), key="", source=source)

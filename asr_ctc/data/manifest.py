@@ -11,7 +11,7 @@ Format (chosen by extension):
 Required columns: the audio path (default ``audio``) and the transcript (default ``text``). An ``id``
 column is optional; without it the id is the audio file's stem (suffixed with the row number when two rows
 share a stem). Relative audio paths are relative to the manifest's own directory, so a corpus directory can
-be moved or copied as a whole.
+be moved or copied as a whole, or to ``audio_root`` when the audio lives elsewhere.
 """
 
 from __future__ import annotations
@@ -102,19 +102,28 @@ def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict[
 
 
 def read_manifest(
-    path: str | os.PathLike, audio_column: str = "audio", text_column: str = "text", id_column: str = "id"
+    path: str | os.PathLike,
+    audio_column: str = "audio",
+    text_column: str = "text",
+    id_column: str = "id",
+    audio_root: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Read a CSV, TSV or JSONL manifest.
+
+    Relative audio paths resolve against ``audio_root`` when given (Common Voice's ``clips/`` beside its
+    TSVs), else against the manifest's own folder.
 
     Returns:
         one dict per row, in file order: ``id`` (str), ``audio`` (absolute path, str), ``text`` (str), plus
         every other column under its own name (strings for CSV/TSV; JSON values for JSONL).
 
     Raises:
-        ManifestError: missing file, unknown extension, missing column (named, with the columns found),
-            malformed line (with its line number), empty audio path, or duplicate ids.
+        ManifestError: missing file, a directory, unknown extension, missing column (named, with the columns
+            found), malformed line (with its line number), empty audio path, or duplicate ids.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a directory, not a manifest (a .tsv, .csv or .jsonl file)")
     suffix = _suffix(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
@@ -127,7 +136,7 @@ def read_manifest(
         if wanted not in columns:
             found = ", ".join(repr(c) for c in columns) or "none"
             raise ManifestError(f"{path}: no {role} column {wanted!r}; columns found: {found}")
-    base_dir = path.resolve().parent
+    base_dir = Path(audio_root).expanduser().resolve() if audio_root is not None else path.resolve().parent
     renamed = {id_column, audio_column, text_column}
     rows: list[dict[str, Any]] = []
     seen_ids: set[str] = set()
