@@ -10,7 +10,6 @@ paths, the step counts and (no GPU here) fp16 are overridden.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from transformers import (
     Wav2Vec2Processor,
 )
 
-from asr_ctc.config import SourceConfig, load_config
+from asr_ctc.config import load_config
 from asr_ctc.finetune import run_finetune
 from asr_ctc.inference import run_inference
 from asr_ctc.prepare import prepare_librispeech, write_shards
@@ -68,17 +67,12 @@ def make_wav2vec2_base_standin(path: Path) -> Path:
     return path
 
 
-# The data.<split> field of the shard source (issue 23 item 1, built on another branch). Until it is
-# merged SourceConfig has no such field and the shards variant below is skipped; if the merged field has
-# another name, add it to this tuple.
-SHARD_FIELD = next((f.name for f in dataclasses.fields(SourceConfig) if f.name in ("shards",)), None)
-
-
 def _course_overrides(tmp: Path, ckpt: Path, manifests: dict[str, Path]) -> list[str]:
     """The only changes to the course config: model and data paths, step counts, no fp16 (no GPU)."""
     return [
         f"output_dir={tmp / 'run'}",
         f"model.name_or_path={ckpt}",
+        "data.train.shards=null",  # the config trains on shards; test_course_recipe_on_shards makes some
         f"data.train.manifest={manifests['train-clean-100']}",
         f"data.eval.manifest={manifests['dev-clean']}",
         f"data.test.manifest={manifests['test-clean']}",
@@ -151,7 +145,6 @@ def test_course_recipe_two_steps_then_inference(course_run, tmp_path):
     assert all(ref == ref.upper() and ref for ref in references)  # upper case kept (lowercase: false)
 
 
-@pytest.mark.skipif(SHARD_FIELD is None, reason="the shard source (issue 23 item 1) is not merged yet")
 def test_course_recipe_on_shards(librispeech_tree, tmp_path):
     """The course's own layout: training data from WebDataset shards written by asr-ctc-prepare."""
     root, made = librispeech_tree
@@ -162,7 +155,7 @@ def test_course_recipe_on_shards(librispeech_tree, tmp_path):
     overrides = [
         *_course_overrides(tmp_path, ckpt, m),
         "data.train.manifest=null",
-        f"data.train.{SHARD_FIELD}={shards.pattern}",
+        f"data.train.shards={shards.pattern}",
     ]
     result = run_finetune(load_config(COURSE_CONFIG, overrides))
     history = json.loads((result.output_dir / "log_history.json").read_text())

@@ -17,14 +17,6 @@ from asr_ctc.data import manifest as _manifest
 from asr_ctc.prepare._common import PrepareError, keep_existing_audio, write_prepared_manifest
 
 
-def _raw_audio_values(path: Path, audio_column: str) -> list[str]:
-    """The audio column exactly as written in the table (``read_manifest`` resolves it already)."""
-    # The same parser read_manifest uses, so rows line up one to one with its result.
-    reader = {".tsv": _manifest._read_tsv, ".csv": _manifest._read_csv, ".jsonl": _manifest._read_jsonl}
-    _, raw_rows = reader[_manifest._suffix(path)](path, path.read_text(encoding="utf-8-sig"))
-    return [str(raw[audio_column]).strip() for _, raw in raw_rows]
-
-
 def read_table(
     table: str | os.PathLike,
     audio_column: str = "audio",
@@ -49,15 +41,9 @@ def read_table(
             malformed row (the message names file, line and column).
     """
     path = Path(table).expanduser()
-    rows = _manifest.read_manifest(path, audio_column, text_column, id_column)
-    if audio_root is None:
-        return rows
-    root = Path(audio_root).expanduser()
-    if not root.is_dir():
-        raise PrepareError(f"audio root {root}: not an existing folder")
-    for row, raw in zip(rows, _raw_audio_values(path, audio_column), strict=True):
-        row["audio"] = os.path.abspath(os.path.join(root, os.path.expanduser(raw)))
-    return rows
+    if audio_root is not None and not Path(audio_root).expanduser().is_dir():
+        raise PrepareError(f"audio root {Path(audio_root).expanduser()}: not an existing folder")
+    return _manifest.read_manifest(path, audio_column, text_column, id_column, audio_root=audio_root)
 
 
 def prepare_table(
