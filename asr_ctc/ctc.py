@@ -542,6 +542,16 @@ def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction
     return lp, padded, il, tl, unbatched
 
 
+def _reduce(loss: Tensor, target_lengths: Tensor, reduction: str, unbatched: bool) -> Tensor:
+    """``F.ctc_loss``'s reductions of (B,) per-sequence losses: ``sum``; ``mean``, each over its target length
+    (at least 1), averaged; ``none``, shaped like the input batch (a scalar for unbatched input)."""
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return (loss / target_lengths.clamp_min(1).to(loss.dtype)).mean()
+    return loss.squeeze(0) if unbatched else loss
+
+
 def ctc_loss(
     log_probs: Tensor,
     targets: Tensor,
@@ -585,11 +595,7 @@ def ctc_loss(
         log_probs, targets, input_lengths, target_lengths, blank, reduction
     )
     nll = _CTCFunction.apply(lp, padded, il, tl, blank, bool(zero_infinity))
-    if reduction == "sum":
-        return nll.sum()
-    if reduction == "mean":
-        return (nll / tl.clamp_min(1).to(nll.dtype)).mean()
-    return nll.squeeze(0) if unbatched else nll
+    return _reduce(nll, tl, reduction, unbatched)
 
 
 class CTCLoss(nn.Module):

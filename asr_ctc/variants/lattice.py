@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from asr_ctc.ctc import _DEAD, _LOG_ZERO, _prepare
+from asr_ctc.ctc import _DEAD, _LOG_ZERO, _prepare, _reduce
 
 __all__ = ["OFFSETS", "Lattice", "build_lattice", "lattice_ctc_loss", "lattice_nll"]
 
@@ -446,8 +446,4 @@ def lattice_ctc_loss(
     entropy = entropy_weight > 0
     nll, h = lattice_nll(lp, padded, il, tl, blank, zero_infinity, wildcard_weight, star_weight, entropy)
     loss = nll if h is None else nll - entropy_weight * h
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        return (loss / tl.clamp_min(1).to(loss.dtype)).mean()
-    return loss.squeeze(0) if unbatched else loss
+    return _reduce(loss, tl, reduction, unbatched)

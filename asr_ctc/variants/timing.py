@@ -42,7 +42,7 @@ from torch import Tensor
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from asr_ctc.ctc import _prepare
+from asr_ctc.ctc import _prepare, _reduce
 from asr_ctc.ctc_states import interleave_blanks, states_to_classes
 from asr_ctc.fileio import atomic_write_text
 
@@ -504,8 +504,4 @@ def delay_penalty_ctc_loss(
     nll = -_DelayCTC.apply(lp, padded, il, tl, blank, penalty)
     dead = nll > -_DEAD
     nll = torch.where(dead, 0.0 if zero_infinity else math.inf, nll)
-    if reduction == "sum":
-        return nll.sum()
-    if reduction == "mean":
-        return (nll / tl.clamp_min(1).to(nll.dtype)).mean()
-    return nll.squeeze(0) if unbatched else nll
+    return _reduce(nll, tl, reduction, unbatched)
