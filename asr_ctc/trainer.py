@@ -20,6 +20,7 @@ from .config import LossConfig
 from .ctc import ctc_loss as custom_ctc_loss
 from .data.collator import IGNORE_INDEX
 from .modeling import frame_lengths
+from .sampling import seeded_per_epoch
 from .seq_loss_util import ctc_loss_like_torch
 
 
@@ -176,7 +177,12 @@ class CTCTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         sampler = self._length_grouped_sampler(dataset, batch)
-        return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
+        if sampler is None:
+            sampler = super()._get_train_sampler(train_dataset)
+        # Every epoch's order a pure function of (seed, epoch), not of the global RNG when the epoch starts,
+        # so a run resumed in any epoch trains on the same batches (asr_ctc.sampling).
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return seeded_per_epoch(sampler, seed)
 
     def _get_eval_sampler(self, eval_dataset: Any) -> Any:
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed

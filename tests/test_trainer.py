@@ -325,3 +325,33 @@ def test_padding_frames_of_eval_logits_are_blank(tiny_processor, tmp_path):
         assert (logits[row, n:].argmax(-1) == tiny_processor.tokenizer.pad_token_id).all()
         assert torch.isfinite(torch.log_softmax(logits[row, n:], -1)).all()
     assert (lengths < raw.shape[1]).any()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "data_seed", "kind"),
+    [
+        ("group_by_length", None, "EpochLengthGroupedSampler"),
+        ("random", None, "EpochRandomSampler"),
+        ("random", 11, "EpochRandomSampler"),
+    ],
+)
+def test_train_order_is_seeded_per_epoch(tiny_processor, tmp_path, strategy, data_seed, kind):
+    """The training sampler draws each epoch from (data_seed or seed, epoch), never from the global RNG
+    (resume in a later epoch: tests/test_resume.py)."""
+    ds = random_dataset(tiny_processor, 20, seed=0)
+    trainer = _trainer(
+        tiny_processor,
+        _model(tiny_processor),
+        ds,
+        tmp_path,
+        seed=5,
+        data_seed=data_seed,
+        train_sampling_strategy=strategy,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+    )
+    sampler = trainer._get_train_sampler()
+    assert type(sampler).__name__ == kind
+    assert sampler.seed == (5 if data_seed is None else data_seed)
+    if strategy == "group_by_length":  # the index's lengths, one optimiser step's batch
+        assert sampler.lengths == ds.lengths and sampler.batch_size == 4
