@@ -8,6 +8,7 @@ frame lengths, targets and blank.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -26,6 +27,31 @@ from .seq_loss_util import ctc_loss_like_torch
 
 class NonFiniteLossError(RuntimeError):
     """A training batch gave an infinite or NaN loss; raised before the optimiser can apply it."""
+
+
+def target_mask(labels: torch.Tensor, blank: int) -> torch.Tensor:
+    """(B, U) bool: the entries of ``labels`` (B, U) int64 that are targets, neither -100 nor ``blank``.
+
+    Read exactly as the model's builtin loss reads labels (transformers' ``ForCTCLoss``: ``labels != -100``
+    and ``labels != blank``): a CTC target can never be the blank, so a label row padded with the
+    tokenizer's pad id (the blank) instead of -100, a common home-made collator's choice, means the same
+    targets to every loss implementation.
+    """
+    return (labels != IGNORE_INDEX) & (labels != blank)
+
+
+def ctc_targets(labels: torch.Tensor, blank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padded targets (B, U) int64 and target lengths (B,) int64 of collated ``labels`` (B, U) int64.
+
+    Each row keeps its :func:`target_mask` entries in order, moved to the front (as the builtin loss's
+    ``masked_select`` does), and is filled with ``blank`` after its length: every implementation ignores
+    entries past a target length, and ``blank`` is a valid class id where -100 is not.
+    """
+    keep = target_mask(labels, blank)
+    # A stable sort of "not kept" puts the kept entries first, in their order (a no-op for -100 padding).
+    order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices
+    targets = torch.where(keep, labels, torch.full_like(labels, blank)).gather(-1, order)
+    return targets, keep.sum(-1)
 
 
 # ``builtin`` has no entry: the model computes that loss itself.
@@ -123,10 +149,7 @@ class CTCTrainer(Trainer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) per-utterance CTC losses of ``logits`` (B, T, C) and their (B,) target lengths."""
         log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
-        label_mask = labels != IGNORE_INDEX
-        target_lengths = label_mask.sum(-1)
-        # Padded targets with the padding set to blank: every implementation ignores entries past a length.
-        targets = torch.where(label_mask, labels, torch.full_like(labels, blank))
+        targets, target_lengths = ctc_targets(labels, blank)
         loss_fn = _LOSS_FUNCTIONS[self.ctc_impl]
         loss = loss_fn(
             log_probs,
@@ -161,6 +184,18 @@ class CTCTrainer(Trainer):
         return world
 
     # -- Trainer hooks ----------------------------------------------------------------------------------
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Any:
+        # The Trainer counts the target tokens (token_mean's denominator) as labels != -100; count them as
+        # the loss reads them (target_mask), so pad-id padding is not counted as targets.
+        blank = self.blank_id(self.model)
+        batch_samples = [
+            {**b, "labels": torch.where(target_mask(b["labels"], blank), b["labels"], IGNORE_INDEX)}
+            if isinstance(b, Mapping) and torch.is_tensor(b.get("labels"))
+            else b
+            for b in batch_samples
+        ]
+        return super()._get_num_items_in_batch(batch_samples, device)
 
     def _length_grouped_sampler(self, dataset: Any, batch_size: int, generator: Any = None) -> Any:
         """A length-grouped sampler fed from the dataset's index (``dataset.lengths``), if it has one.
