@@ -85,9 +85,9 @@ _LIBC = _libc()
 
 
 def heap_stats() -> dict[str, float] | None:
-    """glibc's ``mallinfo2`` in MB (None where there is no glibc >= 2.33)."""
+    """glibc's ``mallinfo2`` in MB (None without glibc >= 2.33, or when another allocator serves malloc)."""
     fn = getattr(_LIBC, "mallinfo2", None)
-    if fn is None:
+    if fn is None or allocator_in_use() != "system":
         return None
     fn.restype = _MallInfo2
     info = fn()
@@ -226,7 +226,7 @@ def report(rows: list[dict], args: argparse.Namespace, load_start: str, seconds:
         heap = [r.get(k, nan) for k in ("heap_mb", "in_use_mb", "free_mb", "mmapped_mb")]
         lines.append(
             f"| {r['step']} | {r['rss_mb']:.0f} | {r['peak_mb']:.0f} | "
-            + " | ".join(f"{x:.0f}" for x in heap)
+            + " | ".join("n/a" if x != x else f"{x:.0f}" for x in heap)
             + f" | {r['steps_per_s']:.2f} |"
         )
     if rows:
