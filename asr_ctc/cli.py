@@ -113,6 +113,13 @@ def finetune_main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     _setup_logging()
+    if argv is None:  # the command line: train with mimalloc, whose RSS plateaus (asr_ctc.memory)
+        from .memory import reexec_with_allocator
+
+        try:
+            reexec_with_allocator()
+        except ValueError as exc:
+            return _fail(exc)
     _library_progress_bars_off()
     from .config import load_config
     from .data.dataset import EmptyDatasetError

@@ -8,6 +8,7 @@ frame lengths, targets and blank.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,12 +20,38 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from .config import LossConfig
 from .data.collator import IGNORE_INDEX
 from .modeling import frame_lengths
+from .sampling import seeded_per_epoch
 from .variants import per_utterance_loss, timing
 from .variants.encoder import encoder_variant_loss
 
 
 class NonFiniteLossError(RuntimeError):
     """A training batch gave an infinite or NaN loss; raised before the optimiser can apply it."""
+
+
+def target_mask(labels: torch.Tensor, blank: int) -> torch.Tensor:
+    """(B, U) bool: the entries of ``labels`` (B, U) int64 that are targets, neither -100 nor ``blank``.
+
+    Read exactly as the model's builtin loss reads labels (transformers' ``ForCTCLoss``: ``labels != -100``
+    and ``labels != blank``): a CTC target can never be the blank, so a label row padded with the
+    tokenizer's pad id (the blank) instead of -100, a common home-made collator's choice, means the same
+    targets to every loss implementation.
+    """
+    return (labels != IGNORE_INDEX) & (labels != blank)
+
+
+def ctc_targets(labels: torch.Tensor, blank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padded targets (B, U) int64 and target lengths (B,) int64 of collated ``labels`` (B, U) int64.
+
+    Each row keeps its :func:`target_mask` entries in order, moved to the front (as the builtin loss's
+    ``masked_select`` does), and is filled with ``blank`` after its length: every implementation ignores
+    entries past a target length, and ``blank`` is a valid class id where -100 is not.
+    """
+    keep = target_mask(labels, blank)
+    # A stable sort of "not kept" puts the kept entries first, in their order (a no-op for -100 padding).
+    order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices
+    targets = torch.where(keep, labels, torch.full_like(labels, blank)).gather(-1, order)
+    return targets, keep.sum(-1)
 
 
 class CTCTrainer(Trainer):
@@ -126,10 +153,7 @@ class CTCTrainer(Trainer):
         CTC and its variants, :func:`asr_ctc.variants.per_utterance_loss`. ``label_prior``: the final
         output's loss (the label prior scores it, learns from it); False for intermediate layers' logits."""
         log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
-        label_mask = labels != IGNORE_INDEX
-        target_lengths = label_mask.sum(-1)
-        # Padded targets with the padding set to blank: every implementation ignores entries past a length.
-        targets = torch.where(label_mask, labels, torch.full_like(labels, blank))
+        targets, target_lengths = ctc_targets(labels, blank)
         # Label priors (asr_ctc.variants.timing): the CTC runs on log p - beta log prior once the prior is on;
         # the scores are log_probs itself when it is off.
         scores = timing.training_scores(self, log_probs, frame_lengths) if label_prior else log_probs
@@ -161,6 +185,18 @@ class CTCTrainer(Trainer):
 
     # -- Trainer hooks ----------------------------------------------------------------------------------
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Any:
+        # The Trainer counts the target tokens (token_mean's denominator) as labels != -100; count them as
+        # the loss reads them (target_mask), so pad-id padding is not counted as targets.
+        blank = self.blank_id(self.model)
+        batch_samples = [
+            {**b, "labels": torch.where(target_mask(b["labels"], blank), b["labels"], IGNORE_INDEX)}
+            if isinstance(b, Mapping) and torch.is_tensor(b.get("labels"))
+            else b
+            for b in batch_samples
+        ]
+        return super()._get_num_items_in_batch(batch_samples, device)
+
     def _length_grouped_sampler(self, dataset: Any, batch_size: int, generator: Any = None) -> Any:
         """A length-grouped sampler fed from the dataset's index (``dataset.lengths``), if it has one.
 
@@ -176,7 +212,12 @@ class CTCTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         sampler = self._length_grouped_sampler(dataset, batch)
-        return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
+        if sampler is None:
+            sampler = super()._get_train_sampler(train_dataset)
+        # Every epoch's order a pure function of (seed, epoch), not of the global RNG when the epoch starts,
+        # so a run resumed in any epoch trains on the same batches (asr_ctc.sampling).
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return seeded_per_epoch(sampler, seed)
 
     def _get_eval_sampler(self, eval_dataset: Any) -> Any:
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import InMemorySpeechDataset as SpeechDataset
 from helpers import random_dataset, tiny_model_config
 from transformers import TrainingArguments
 
-from asr_ctc.data.collator import CTCDataCollator
+from asr_ctc.data.collator import IGNORE_INDEX, CTCDataCollator
 from asr_ctc.modeling import build_model
 from asr_ctc.trainer import CTCTrainer, NonFiniteLossError
 
@@ -336,3 +337,97 @@ def test_padding_frames_of_eval_logits_are_blank(tiny_processor, tmp_path):
         assert (logits[row, n:].argmax(-1) == tiny_processor.tokenizer.pad_token_id).all()
         assert torch.isfinite(torch.log_softmax(logits[row, n:], -1)).all()
     assert (lengths < raw.shape[1]).any()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "data_seed", "kind"),
+    [
+        ("group_by_length", None, "EpochLengthGroupedSampler"),
+        ("random", None, "EpochRandomSampler"),
+        ("random", 11, "EpochRandomSampler"),
+    ],
+)
+def test_train_order_is_seeded_per_epoch(tiny_processor, tmp_path, strategy, data_seed, kind):
+    """The training sampler draws each epoch from (data_seed or seed, epoch), never from the global RNG
+    (resume in a later epoch: tests/test_resume.py)."""
+    ds = random_dataset(tiny_processor, 20, seed=0)
+    trainer = _trainer(
+        tiny_processor,
+        _model(tiny_processor),
+        ds,
+        tmp_path,
+        seed=5,
+        data_seed=data_seed,
+        train_sampling_strategy=strategy,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+    )
+    sampler = trainer._get_train_sampler()
+    assert type(sampler).__name__ == kind
+    assert sampler.seed == (5 if data_seed is None else data_seed)
+    if strategy == "group_by_length":  # the index's lengths, one optimiser step's batch
+        assert sampler.lengths == ds.lengths and sampler.batch_size == 4
+
+
+class _PadIdCollator(CTCDataCollator):
+    """A home-made collator's common mistake: labels padded with the tokenizer's pad id (the blank)."""
+
+    def __call__(self, features):
+        batch = super().__call__(features)
+        pad = self.processor.tokenizer.pad_token_id
+        batch["labels"] = batch["labels"].masked_fill(batch["labels"] == IGNORE_INDEX, pad)
+        return batch
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "token_mean"])
+def test_labels_padded_with_the_pad_id_are_read_as_padding(tiny_processor, tmp_path, reduction):
+    ds = random_dataset(tiny_processor, 6, seed=4)
+    model = _model(tiny_processor).eval()
+    features = [ds[i] for i in range(len(ds))]
+    proper = CTCDataCollator(tiny_processor)(features)
+    padded = _PadIdCollator(tiny_processor)(features)
+    pad = tiny_processor.tokenizer.pad_token_id
+    assert (padded["labels"] == pad).any() and not (padded["labels"] == IGNORE_INDEX).any()
+
+    # The right value, independently: F.ctc_loss of each utterance alone, on its unpadded labels.
+    singles = []
+    for f in features:
+        with torch.no_grad():
+            one = CTCDataCollator(tiny_processor)([f])
+            logits = model(input_values=one["input_values"], attention_mask=one["attention_mask"]).logits
+        log_probs = logits.log_softmax(-1).transpose(0, 1)
+        singles.append(
+            F.ctc_loss(
+                log_probs, torch.tensor([f["labels"]]), [logits.shape[1]], [len(f["labels"])], blank=pad
+            ).item()
+            * len(f["labels"])  # F.ctc_loss's mean divides by the target length
+        )
+    singles, lengths = np.array(singles), np.array([len(f["labels"]) for f in features])
+    expected = {
+        "mean": (singles / lengths).mean(),
+        "sum": singles.sum(),
+        "token_mean": singles.sum() / lengths.sum(),
+    }
+
+    impls = ("custom", "torch", "reference") + (("builtin",) if reduction != "token_mean" else ())
+    for impl in impls:
+        trainer = _trainer(tiny_processor, model, ds, tmp_path, impl=impl, reduction=reduction)
+        got = []
+        for batch in (proper, padded):
+            # token_mean's denominator is what the Trainer counts in the step's batches: count it as it does.
+            count = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+            assert int(count) == lengths.sum()
+            with torch.no_grad():
+                got.append(trainer.compute_loss(model, batch, num_items_in_batch=count).item())
+        assert got == pytest.approx([expected[reduction]] * 2, rel=1e-4), impl
+
+
+def test_ctc_targets_match_the_builtin_reading_of_labels():
+    """Every -100 or blank entry is dropped wherever it stands (transformers' ForCTCLoss masked_select),
+    the rest moved to the front in order, blank after the length."""
+    from asr_ctc.trainer import ctc_targets
+
+    labels = torch.tensor([[5, 6, -100, -100], [5, 0, 0, 0], [0, 7, -100, 8], [9, 9, 9, 9]])
+    targets, lengths = ctc_targets(labels, blank=0)
+    assert lengths.tolist() == [2, 1, 2, 4]
+    assert targets.tolist() == [[5, 6, 0, 0], [5, 0, 0, 0], [7, 8, 0, 0], [9, 9, 9, 9]]
