@@ -1,9 +1,12 @@
 """``CTCTrainer``: the HuggingFace ``Trainer`` with a swappable CTC loss.
 
-The loss is computed here, from the logits, instead of inside the model, so one config key
-(``loss.impl``) chooses between this project's loss (``custom``), ``torch.nn.functional.ctc_loss``
-(``torch``), the model's own (``builtin``) and the slow reference port (``reference``), all fed the same
-frame lengths, targets and blank.
+The loss is computed from the logits, outside the model, so the config chooses it: ``loss.impl`` picks
+this project's loss (``custom``), ``torch.nn.functional.ctc_loss`` (``torch``), the model's own
+(``builtin``) or the slow reference port (``reference``), all fed the same frame lengths, targets and blank;
+the variants' keys (:mod:`asr_ctc.variants`) change the per-utterance loss, which this module only reduces.
+Here live the Trainer glue: labels to targets, frame lengths, reductions that are exact under gradient
+accumulation and DDP, the per-epoch seeded train samplers (:mod:`asr_ctc.sampling`), the label prior's
+hook, the two views of CR-CTC, and the evaluation contract.
 """
 
 from __future__ import annotations
@@ -242,38 +245,47 @@ class CTCTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         utterance_ids = inputs.pop("utterance_ids", None)
-        blank = self.blank_id(model)
-        views = 1
         if self.ctc_impl == "builtin":
-            outputs = model(**inputs, labels=labels)
-            loss = outputs.loss
-            per_utt = None
-            if self.ctc_reduction == "sum":
-                loss = loss * self._process_scale()
+            outputs, loss, per_utt = self._builtin_loss(model, inputs, labels)
         else:
-            # CR-CTC: both views in one forward over the doubled batch; the model's masking draws each row's
-            # time masks independently, so the two copies of an utterance are masked differently.
-            if model.training and self.loss_config.consistency_weight > 0:
-                views = 2
-                inputs = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in inputs.items()}
-                labels = torch.cat([labels, labels])
-            outputs = model(**inputs)
-            lengths = self.frame_lengths(model, inputs, outputs.logits.shape[1])
-            per_utt, target_lengths = self.per_utterance_loss(outputs.logits, labels, lengths, blank)
-            per_utt = encoder_variant_loss(
-                per_utt,
-                outputs.logits,
-                lengths,
-                self.loss_config,
-                lambda logits: self.per_utterance_loss(logits, labels, lengths, blank, label_prior=False)[0],
-                getattr(self.accelerator.unwrap_model(model), "intermediate_ctc", None),
-                views,
-            )
-            target_lengths = target_lengths[: per_utt.shape[0]]
+            outputs, per_utt, target_lengths = self._configured_loss(model, inputs, labels)
             loss = self.reduce(per_utt, target_lengths, num_items_in_batch)
         if model.training and not torch.isfinite(loss):
-            self._raise_non_finite(loss, per_utt, outputs.logits[: labels.shape[0] // views], utterance_ids)
+            # The first B rows are the batch itself (CR-CTC appends a second view of it).
+            self._raise_non_finite(loss, per_utt, outputs.logits[: labels.shape[0]], utterance_ids)
         return (loss, outputs) if return_outputs else loss
+
+    def _builtin_loss(self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor) -> tuple:
+        """The model's own loss: (outputs, reduced loss, None: no per-utterance losses)."""
+        outputs = model(**inputs, labels=labels)
+        loss = outputs.loss
+        if self.ctc_reduction == "sum":
+            loss = loss * self._process_scale()
+        return outputs, loss, None
+
+    def _configured_loss(self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor) -> tuple:
+        """(outputs, (B,) per-utterance losses, (B,) target lengths) of the configured loss and variants."""
+        views = 1
+        if model.training and self.loss_config.consistency_weight > 0:
+            # CR-CTC: both views in one forward over the doubled batch; the model's masking draws each row's
+            # time masks independently, so the two copies of an utterance are masked differently.
+            views = 2
+            inputs = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in inputs.items()}
+            labels = torch.cat([labels, labels])
+        outputs = model(**inputs)
+        lengths = self.frame_lengths(model, inputs, outputs.logits.shape[1])
+        blank = self.blank_id(model)
+        per_utt, target_lengths = self.per_utterance_loss(outputs.logits, labels, lengths, blank)
+        per_utt = encoder_variant_loss(
+            per_utt,
+            outputs.logits,
+            lengths,
+            self.loss_config,
+            lambda logits: self.per_utterance_loss(logits, labels, lengths, blank, label_prior=False)[0],
+            getattr(self.accelerator.unwrap_model(model), "intermediate_ctc", None),
+            views,
+        )
+        return outputs, per_utt, target_lengths[: per_utt.shape[0]]
 
     def _raise_non_finite(
         self,
