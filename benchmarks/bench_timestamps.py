@@ -28,30 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-
-try:  # the benchmarks' shared machine description, when present (benchmarks/_machine.py)
-    from _machine import load_average, machine
-except ImportError:
-
-    def load_average() -> str:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-    def machine() -> str:
-        model = platform.processor() or "unknown CPU"
-        try:
-            with open("/proc/cpuinfo") as f:
-                model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        return f"{model}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC"
+import yaml
+from _machine import load_average, machine
 
 
 def step_seconds(run_dir: Path) -> float | None:
@@ -80,6 +64,10 @@ def measure(run_dir: Path, manifest: str | None, split: str, penalty: float, out
     from asr_ctc.inference import run_inference
 
     decoder = "lm" if (run_dir / "lm" / "lm.arpa").is_file() else "greedy"
+    # A run trained with label priors aligns on the scores it was trained on (docs/timestamps-training.md).
+    saved = run_dir / "run_config.yaml"
+    config = (yaml.safe_load(saved.read_text()) or {}) if saved.is_file() else {}
+    beta = float((config.get("loss") or {}).get("label_prior_beta", 0.0))
     result = run_inference(
         run_dir,
         split=split,
@@ -88,6 +76,7 @@ def measure(run_dir: Path, manifest: str | None, split: str, penalty: float, out
         batch_size=batch_size,
         decoding=DecodingConfig(decoder=decoder, blank_penalty=penalty),
         timestamps=True,
+        label_prior_beta=beta,
     )
     return decoder, result.summary
 
