@@ -14,14 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import TINY_ARCH, random_dataset, tiny_model_config, tiny_run_config
-from transformers import AutoConfig, AutoModelForCTC, TrainingArguments
+from helpers import NO_RANDOMNESS, TINY_ARCH, random_dataset, tiny_model_config, tiny_run_config
+from test_trainer import _trainer as trainer_for
+from transformers import AutoConfig, AutoModelForCTC
 
 from asr_ctc.config import ConfigError, LossConfig, config_from_dict
 from asr_ctc.data.collator import CTCDataCollator
 from asr_ctc.inference import run_inference
 from asr_ctc.modeling import build_model, frame_lengths, load_ctc_model
-from asr_ctc.trainer import CTCTrainer
 from asr_ctc.variants.encoder import (
     CONFIG_KEY,
     IntermediateCTC,
@@ -42,28 +42,7 @@ def _model(processor, seed=0, arch=THREE_LAYERS, **overrides):
 
 
 def _trainer(processor, model, dataset, tmp_path, loss=None, **args):
-    targs = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        max_steps=3,
-        learning_rate=1e-3,
-        seed=0,
-        per_device_train_batch_size=8,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-    targs.update(args)
-    return CTCTrainer(
-        model=model,
-        args=TrainingArguments(**targs),
-        data_collator=CTCDataCollator(processor),
-        train_dataset=dataset,
-        processing_class=processor,
-        loss_config=loss or LossConfig(),
-    )
+    return trainer_for(processor, model, dataset, tmp_path, loss_config=loss or LossConfig(), **args)
 
 
 def _batch(processor, n=6, seed=1):
@@ -93,13 +72,7 @@ def _tiny_family_config(model_type):
         conv_stride=[10, 4],
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
-        final_dropout=0.0,
-        layerdrop=0.0,
-        mask_time_prob=0.0,
+        **NO_RANDOMNESS,
     )
     if model_type == "wav2vec2-stable":
         stable = dict(do_stable_layer_norm=True, feat_extract_norm="layer")
