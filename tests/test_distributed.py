@@ -58,6 +58,16 @@ def _losses(launcher, cfg_path, out, batch, impl, reduction, overrides=()):
     return [e["loss"] for e in history if "loss" in e]
 
 
+def one_and_two_processes(cfg, tmp_path, impl="custom", reduction="mean", launcher="torchrun", overrides=()):
+    """The logged losses of the raw run config ``cfg`` on one process with a batch of 8 (``tmp_path/one``)
+    and on two with 4 + 4 (``tmp_path/two``): the same global batch, split differently."""
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    one = _losses("single", cfg_path, tmp_path / "one", 8, impl, reduction, overrides)
+    two = _losses(launcher, cfg_path, tmp_path / "two", 4, impl, reduction, overrides)
+    return one, two
+
+
 @pytest.mark.parametrize(
     ("launcher", "impl", "reduction"),
     [
@@ -83,10 +93,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
         eval_strategy="no",
         save_strategy="no",
     )
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    one = _losses("single", cfg_path, tmp_path / "one", 8, impl, reduction)
-    two = _losses(launcher, cfg_path, tmp_path / "two", 4, impl, reduction)
+    one, two = one_and_two_processes(cfg, tmp_path, impl, reduction, launcher)
     assert len(one) == len(two) == 3
     np.testing.assert_allclose(two, one, rtol=1e-4)
     shutil.rmtree(tmp_path / "one")

@@ -381,7 +381,7 @@ def _variant_run_config(corpus, out, **training):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tiny_corpus, tmp_path):
-    from test_distributed import _losses
+    from test_distributed import one_and_two_processes
 
     cfg = _variant_run_config(
         tiny_corpus,
@@ -391,10 +391,7 @@ def test_two_processes_match_one_process(tiny_corpus, tmp_path):
         eval_strategy="no",
         save_strategy="no",
     )
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    one = _losses("single", cfg_path, tmp_path / "one", 8, "custom", "token_mean")
-    two = _losses("torchrun", cfg_path, tmp_path / "two", 4, "custom", "token_mean")
+    one, two = one_and_two_processes(cfg, tmp_path, reduction="token_mean")
     assert len(one) == len(two) == 3
     np.testing.assert_allclose(two, one, rtol=1e-4)
 

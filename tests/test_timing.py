@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from helpers import random_dataset, tiny_model_config, tiny_run_config
 from test_ctc import brute_force_nll
-from test_distributed import _losses as _distributed_losses
+from test_distributed import one_and_two_processes
 from transformers import TrainingArguments
 
 from asr_ctc.align import forced_align
@@ -437,10 +436,7 @@ def test_two_processes_match_one_process_with_the_prior_on(tiny_corpus, tmp_path
         save_strategy="no",
     )
     cfg["loss"].update(label_prior_beta=0.5, label_prior_momentum=0.5, label_prior_warmup_steps=1)
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    one = _distributed_losses("single", cfg_path, tmp_path / "one", 8, "custom", "mean")
-    two = _distributed_losses("torchrun", cfg_path, tmp_path / "two", 4, "custom", "mean")
+    one, two = one_and_two_processes(cfg, tmp_path)
     one_prior, two_prior = (json.loads((tmp_path / d / LABEL_PRIOR_FILE).read_text()) for d in ("one", "two"))
     assert len(one) == len(two) == 3 and one_prior["updates"] == two_prior["updates"] == 3
     np.testing.assert_allclose(two, one, rtol=1e-4)

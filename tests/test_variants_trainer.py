@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import yaml
 from helpers import random_dataset, tiny_run_config
-from test_distributed import _losses
+from test_distributed import one_and_two_processes
 from test_trainer import _logged_losses, _model
 from test_trainer import _trainer as _plain_trainer
 
@@ -104,9 +103,6 @@ def test_two_processes_match_one_process(tiny_corpus, tmp_path, reduction, overr
         eval_strategy="no",
         save_strategy="no",
     )
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    one = _losses("single", cfg_path, tmp_path / "one", 8, "custom", reduction, overrides)
-    two = _losses("torchrun", cfg_path, tmp_path / "two", 4, "custom", reduction, overrides)
+    one, two = one_and_two_processes(cfg, tmp_path, reduction=reduction, overrides=overrides)
     assert len(one) == len(two) == 2
     np.testing.assert_allclose(two, one, rtol=1e-4)
