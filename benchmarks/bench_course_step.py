@@ -14,23 +14,14 @@ estimate (attention is quadratic in length, a small share at these lengths).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import torch
+from _machine import cpu_model, load_average
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 COURSE_UTTERANCES_PER_STEP = 40 * 2
 LIBRISPEECH_100_MEAN_S = 100.6 * 3600 / 28539
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -60,8 +51,7 @@ def main() -> None:
     times = [step() for _ in range(args.repeats)]
     per_audio_s = min(times) / (args.batch * args.seconds)
     course_step = per_audio_s * COURSE_UTTERANCES_PER_STEP * LIBRISPEECH_100_MEAN_S
-    load = " ".join(open("/proc/loadavg").read().split()[:3]) if os.path.exists("/proc/loadavg") else "?"
-    print(f"CPU: {_cpu_model()}, torch threads {torch.get_num_threads()}, load average {load}")
+    print(f"CPU: {cpu_model()}, torch threads {torch.get_num_threads()}, load average {load_average()}")
     print(f"model: {params / 1e6:.1f}M parameters, float32, gradient checkpointing")
     mean_s = LIBRISPEECH_100_MEAN_S
     print(

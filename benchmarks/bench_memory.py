@@ -35,11 +35,12 @@ import ctypes.util
 import functools
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import cpu_model, load_average
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -110,21 +111,6 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024 / 1e6
     return float("nan")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def make_sampler_callback(every: int, rows: list[dict], trim_every: int = 0):

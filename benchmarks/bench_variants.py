@@ -29,13 +29,12 @@ import argparse
 import dataclasses
 import json
 import logging
-import platform
 import random
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from _machine import load_average, machine
 
 from asr_ctc.config import load_config
 from asr_ctc.data.manifest import read_manifest, write_manifest
@@ -153,14 +152,9 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
     return name, overrides
 
 
-def machine() -> dict[str, str]:
-    model = platform.processor() or "unknown"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln), model)
-    except OSError:
-        pass
-    return {"cpu": model, "load": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
+def conditions() -> dict[str, str]:
+    """The machine (CPU, cores, UTC time) and the load average now: printed with the table."""
+    return {"machine": machine(), "load": load_average()}
 
 
 def run_variant(
@@ -244,12 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         corpus = args.out / f"corpus_{args.corrupt}"
         summary = corrupt_corpus(args.corpus, corpus, args.corrupt, args.corrupt_fraction)
         print(f"corrupted corpus: {json.dumps(summary)}")
-    start = {**machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    start = conditions()
     rows = []
     for name, loss_overrides in variants:
         rows.append(run_variant(name, loss_overrides, args, corpus, args.out))
         print(json.dumps(rows[-1]), flush=True)
-    end = machine()
+    end = conditions()
     print()
     print(table(rows))
     print()
@@ -258,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.steps} steps per variant; corpus {args.corpus}{lost if args.corrupt else ''}; "
         f"{'tiny model (smoke run)' if args.tiny else args.config}"
     )
-    print(f"CPU: {start['cpu']}; started {start['time']}")
+    print(f"machine: {start['machine']} (start)")
     print(f"load average at start {start['load']}, at the end {end['load']}")
     record = {"rows": rows, "start": start, "end": end, "argv": sys.argv[1:]}
     atomic_write_text(args.out / "bench_variants.json", json.dumps(record, indent=2))
