@@ -97,6 +97,21 @@ def make_corpus_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _leave_process_group() -> None:
+    """Under torchrun or ``accelerate launch``: wait for every rank, then tear the process group down.
+
+    The ranks finish at different times (rank 0 alone writes the LM, the curves and the metrics). A rank
+    that simply exits leaves gloo's transport threads talking to peers that are still running, and one
+    torn down by the interpreter's exit that way can abort the process (SIGABRT) after a good run; the
+    transformers Trainer never destroys the group it initialised. No-op in a single process.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def finetune_main(argv: list[str] | None = None) -> int:
     """``asr-ctc-finetune --config configs/X.yaml [key=value ...] [--resume | --overwrite]``."""
     parser = argparse.ArgumentParser(prog="finetune", description="Fine-tune a wav2vec2 CTC model.")
@@ -139,6 +154,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
         if _is_hub_error(exc):
             return _fail(f"cannot reach the HuggingFace hub for a model or dataset in the config: {exc}")
         raise
+    _leave_process_group()
     if not result.is_main_process:
         return 0
     m = result.metrics

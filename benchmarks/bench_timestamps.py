@@ -1,4 +1,4 @@
-"""Word-boundary accuracy of trained models, side by side: the table of issue 19.
+"""Word-boundary accuracy of trained models, side by side (the table in docs/timestamps-training.md).
 
 For each run directory (a fine-tuned model, e.g. plain CTC, label priors, a delay penalty) and each blank
 penalty asked for, it runs ``inference --timestamps`` on a split whose manifest carries the true word times
