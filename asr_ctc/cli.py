@@ -100,10 +100,11 @@ def make_corpus_main(argv: list[str] | None = None) -> int:
 def _leave_process_group() -> None:
     """Under torchrun or ``accelerate launch``: wait for every rank, then tear the process group down.
 
-    The ranks finish at different times (rank 0 alone writes the LM, the curves and the metrics). A rank
-    that simply exits leaves gloo's transport threads talking to peers that are still running, and one
-    torn down by the interpreter's exit that way can abort the process (SIGABRT) after a good run; the
-    transformers Trainer never destroys the group it initialised. No-op in a single process.
+    The ranks finish at different times (rank 0 alone writes the LM, the curves and the metrics), and the
+    transformers Trainer never destroys the group it initialised, so without this each rank tears gloo
+    down at interpreter exit while its peers may still be connected. That is the suspected (not
+    reproduced) cause of a rare SIGABRT of one rank after a good run in the 2-process tests. No-op in a
+    single process.
     """
     import torch.distributed as dist
 
