@@ -9,13 +9,13 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import TrainingArguments, Wav2Vec2Processor, set_seed
+from transformers import TrainerCallback, TrainingArguments, Wav2Vec2Processor, set_seed
 
 from .config import (
     RUN_CONFIG,
@@ -260,8 +260,17 @@ def _processor_for(cfg: ExperimentConfig, train_texts: Callable[[], Iterable[str
         return build_processor(build_vocab(train_texts()), tmp, cfg.data.sampling_rate)
 
 
-def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> FinetuneResult:
-    """Fine-tune as ``cfg`` says; returns the output directory and the final metrics."""
+def run_finetune(
+    cfg: ExperimentConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> FinetuneResult:
+    """Fine-tune as ``cfg`` says; returns the output directory and the final metrics.
+
+    ``callbacks`` are added to the Trainer's own (``transformers.TrainerCallback``: e.g. a step timer, as in
+    ``benchmarks/bench_step_time.py``).
+    """
     out = Path(cfg.output_dir)
     training = {**_TRAINING_DEFAULTS, **cfg.training}
     check_reporting(training)
@@ -330,6 +339,7 @@ def run_finetune(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
         # Only the (B, T) frame ids are accumulated over the evaluation set, not (B, T, C) logits.
         preprocess_logits_for_metrics=argmax_logits,
         loss_config=cfg.loss,
+        callbacks=list(callbacks),
     )
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(out))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -142,3 +146,17 @@ def plain_ctc_nll(log_probs, target: list[int], blank: int = 0):
         jump = torch.where(skip, jump, torch.full_like(jump, log_zero))
         alpha = torch.logsumexp(torch.stack((stay, step, jump)), 0) + emissions[t]
     return -torch.logsumexp(alpha[-2:] if n > 1 else alpha, 0)
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module, imported the way the script runs: its folder first on sys.path
+    (the benchmarks import their siblings, ``_machine``, ``bench_variants``, by plain name)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,12 +6,12 @@ from __future__ import annotations
 import itertools
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import load_benchmark
 
 from asr_ctc import ctc_loss
 from asr_ctc.config import LossConfig
@@ -364,8 +364,10 @@ def test_registered_variants_log_probs_and_term():
     want = ctc_loss(lp * 0.5, targets, frames, lengths, reduction="none", zero_infinity=True) + 2.0 * frames
     torch.testing.assert_close(got, want)
     off = LossConfig(variants={"_test_scale": 0, "_test_frames": 0})
-    assert torch.equal(per_utterance_loss(lp, targets, frames, lengths, 0, off), per_utterance_loss(
-        lp, targets, frames, lengths, 0, LossConfig()))
+    assert torch.equal(
+        per_utterance_loss(lp, targets, frames, lengths, 0, off),
+        per_utterance_loss(lp, targets, frames, lengths, 0, LossConfig()),
+    )
 
     @register_variant("_test_bad", kind="term")
     def bad(batch, value):
@@ -472,15 +474,7 @@ def test_readme_writing_your_own_variant_runs():
 
 
 def _bench():
-    import importlib.util
-
-    # The benchmark imports its sibling ``_machine`` as a script would (its folder first on sys.path).
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_variants", REPO / "benchmarks" / "bench_variants.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_variants")
 
 
 def test_drop_words_removes_a_run_at_the_ends_or_anywhere():
