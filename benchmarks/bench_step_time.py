@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from _machine import load_average, machine
-from bench_variants import DEFAULT_VARIANTS, REPO, TINY_OVERRIDES, parse_variant
+from bench_variants import DEFAULT_VARIANTS, add_run_arguments, parse_variant, run_overrides
 from transformers import TrainerCallback
 
 from asr_ctc.config import load_config
@@ -66,21 +66,9 @@ def time_variant(name: str, loss_overrides: list[str], args: argparse.Namespace,
     """One short fine-tuning of the variant: its mean step time in seconds."""
     from asr_ctc.finetune import run_finetune
 
-    corpus = args.corpus
-    overrides = [
-        f"output_dir={out / name}",
-        f"data.train.manifest={corpus / 'train.tsv'}",
-        f"data.eval.manifest={corpus / 'dev.tsv'}",
-        f"data.test.manifest={corpus / 'test.tsv'}",
-        f"training.max_steps={args.steps}",
-        "training.eval_strategy=no",
-        "training.save_strategy=no",
-        *(TINY_OVERRIDES if args.tiny else []),
-        *args.override,
-        *loss_overrides,
-    ]
     timer = StepTimer()
-    run_finetune(load_config(args.config, overrides), overwrite=True, callbacks=[timer])
+    cfg = load_config(args.config, run_overrides(name, loss_overrides, args, args.corpus, out))
+    run_finetune(cfg, overwrite=True, callbacks=[timer])
     return step_time(timer.starts, args.warmup)
 
 
@@ -123,8 +111,7 @@ def table(rows: list[dict[str, Any]], budget_steps: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, required=True, help="make-corpus output (train/dev/test.tsv)")
-    parser.add_argument("--config", default=str(REPO / "configs" / "synthetic.yaml"))
+    add_run_arguments(parser)
     parser.add_argument(
         "--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="name=key:value,...; first: the base"
     )
@@ -133,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the variants")
     parser.add_argument("--budget-steps", type=int, default=1600, help="the base variant's steps to match")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_step_time"))
-    parser.add_argument("--tiny", action="store_true", help="the tests' tiny model: a smoke run only")
-    parser.add_argument("--override", nargs="*", default=[], help="extra config overrides (key=value)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for flag, value, least in (("--steps", args.steps, args.warmup + 2), ("--repeats", args.repeats, 1)):

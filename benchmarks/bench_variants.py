@@ -157,14 +157,21 @@ def conditions() -> dict[str, str]:
     return {"machine": machine(), "load": load_average()}
 
 
-def run_variant(
-    name: str, loss_overrides: list[str], args: argparse.Namespace, corpus: Path, out: Path
-) -> dict[str, Any]:
-    """Fine-tune one variant and decode dev (greedy) and test (greedy and LM); the table row."""
-    from asr_ctc.finetune import run_finetune
-    from asr_ctc.inference import run_inference
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments :func:`run_overrides` reads (each script adds its own --steps, --out, --variants)."""
+    parser.add_argument("--corpus", type=Path, required=True, help="make-corpus output (train/dev/test.tsv)")
+    parser.add_argument("--config", default=str(REPO / "configs" / "synthetic.yaml"))
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny model: a smoke run only")
+    parser.add_argument("--override", nargs="*", default=[], help="extra config overrides (key=value)")
 
-    overrides = [
+
+def run_overrides(
+    name: str, loss_overrides: list[str], args: argparse.Namespace, corpus: Path, out: Path
+) -> list[str]:
+    """The config overrides of one benchmark run: ``corpus``'s manifests, ``args.steps`` steps, no evaluation
+    or checkpoints during training, output in ``out/name``, then ``--tiny``, ``--override`` and the variant's
+    ``loss.*`` keys (last, so they win)."""
+    return [
         f"output_dir={out / name}",
         f"data.train.manifest={corpus / 'train.tsv'}",
         f"data.eval.manifest={corpus / 'dev.tsv'}",
@@ -176,7 +183,16 @@ def run_variant(
         *args.override,
         *loss_overrides,
     ]
-    cfg = load_config(args.config, overrides)
+
+
+def run_variant(
+    name: str, loss_overrides: list[str], args: argparse.Namespace, corpus: Path, out: Path
+) -> dict[str, Any]:
+    """Fine-tune one variant and decode dev (greedy) and test (greedy and LM); the table row."""
+    from asr_ctc.finetune import run_finetune
+    from asr_ctc.inference import run_inference
+
+    cfg = load_config(args.config, run_overrides(name, loss_overrides, args, corpus, out))
     result = run_finetune(cfg, overwrite=True)
     step_s = result.metrics["train_runtime"] / args.steps
     dev = run_inference(result.output_dir, cfg, split="eval", output_dir=out / name / "dev")
@@ -214,16 +230,13 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, required=True, help="make-corpus output (train/dev/test.tsv)")
-    parser.add_argument("--config", default=str(REPO / "configs" / "synthetic.yaml"))
+    add_run_arguments(parser)
     parser.add_argument("--steps", type=int, default=1600, help="training steps, the same for every variant")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="name=key:value,...")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_variants"))
     parser.add_argument("--corrupt", choices=CORRUPTIONS, help="train on transcripts that lost words")
     parser.add_argument("--corrupt-fraction", type=float, default=0.3)
     parser.add_argument("--tune-utterances", type=int, default=250)
-    parser.add_argument("--tiny", action="store_true", help="the tests' tiny model: a smoke run only")
-    parser.add_argument("--override", nargs="*", default=[], help="extra config overrides (key=value)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.steps < 1:
